@@ -1,0 +1,399 @@
+"""One experiment run into a results folder: what ``experiments.train`` does.
+
+A results folder holds:
+
+* ``config.json``: the resolved ``SimConfig`` plus the data source;
+* ``metrics.jsonl``: one JSON object per (round, seed), see ``METRIC_COLUMNS``;
+* ``checkpoints/``: orbax checkpoints when checkpointing is on;
+* ``summary.json``: written last, once the run is complete.
+
+The folder is checked before anything compiles (writable, enough free space,
+not holding another configuration's results), and a run can be resumed from
+its last checkpoint with no metrics row lost or repeated.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import shutil
+import signal
+import sys
+import time
+from typing import Any, Callable, TextIO
+
+import numpy as np
+
+from eahes_jax import checkpoint as checkpoint_lib
+from eahes_jax import config as config_lib
+from eahes_jax import data as data_lib
+from eahes_jax import simulator
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+CHECKPOINT_DIR = "checkpoints"
+
+# Columns of every metrics row. Evaluation columns are null except at
+# evaluation rounds (round 0 and every eval_every rounds); per-round columns
+# are null in the round-0 row. Per-worker columns are lists of length k.
+METRIC_COLUMNS = (
+    "round",            # communication round (0 = before training)
+    "seed",             # the run's seed
+    "minibatch_loss",   # mean worker minibatch loss this round
+    "train_loss",       # master's loss on the fixed training subset (Fig. 5)
+    "test_loss",        # master's test loss
+    "test_accuracy",    # master's test accuracy (Fig. 3, 4)
+    "h_worker",         # per worker: its pull toward the master (h1)
+    "h_master",         # per worker: the master's pull toward it (h2)
+    "connected",        # per worker: reached the master this round
+    "log_distance",     # per worker: u = log‖θ_i − θ_m‖ before the exchange
+    "score",            # per worker: the dynamic raw score a (eq. 10)
+    "local_steps",      # per worker: local steps computed this round
+)
+
+# Free space asked of --out_dir beyond the checkpoints' own size.
+_MIN_FREE_BYTES = 16 << 20
+
+
+class ResultsDirError(RuntimeError):
+  """The results folder cannot take this run; the message says why."""
+
+
+class Interrupted(RuntimeError):
+  """SIGINT/SIGTERM arrived; a checkpoint was saved first (if enabled)."""
+
+  def __init__(self, signum: int, rounds_done: int, saved: bool):
+    self.signum = signum
+    self.rounds_done = rounds_done
+    self.saved = saved
+    name = signal.Signals(signum).name
+    super().__init__(
+        f"stopped by {name} after {rounds_done} rounds;"
+        + (" checkpoint saved, continue with --resume" if saved
+           else " no checkpoint (use --checkpoint_every to keep progress)"))
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+  """The one-line result of a run."""
+
+  method: str
+  num_workers: int
+  comm_period: int
+  rounds: int
+  seeds: list[int]
+  final_test_accuracy: list[float]
+  final_train_loss: list[float]
+  final_test_loss: list[float]
+  wall_time_s: float
+  data_source: str
+
+  def line(self) -> str:
+    acc = np.asarray(self.final_test_accuracy)
+    loss = np.asarray(self.final_train_loss)
+    return (f"{self.method} k={self.num_workers} tau={self.comm_period}"
+            f" rounds={self.rounds} seeds={len(self.seeds)}"
+            f" data={self.data_source}: test accuracy {acc.mean():.4f}"
+            f" ± {acc.std():.4f}, train loss {loss.mean():.4f}"
+            f" ± {loss.std():.4f} ({self.wall_time_s:.1f} s)")
+
+
+def _record(config: config_lib.SimConfig, data_source: str) -> dict[str, Any]:
+  return {"config": config.resolve().to_dict(), "data_source": data_source}
+
+
+def check_out_dir(out_dir: str, record: dict[str, Any], *, resume: bool,
+                  checkpoint_bytes: int = 0) -> None:
+  """Checks that ``out_dir`` can take this run, before anything compiles.
+
+  Args:
+    out_dir: the results folder (created if missing).
+    record: what ``config.json`` will hold.
+    resume: whether the run continues one already in the folder.
+    checkpoint_bytes: an estimate of one checkpoint's size.
+
+  Raises:
+    ResultsDirError: the folder is not writable, lacks space, holds another
+      configuration's results, or already holds this run without ``resume``.
+  """
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    probe = os.path.join(out_dir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ResultsDirError(
+        f"--out_dir {out_dir!r} is not writable: {e.strerror}") from None
+  need = _MIN_FREE_BYTES + 3 * checkpoint_bytes
+  free = shutil.disk_usage(out_dir).free
+  if free < need:
+    raise ResultsDirError(
+        f"--out_dir {out_dir!r} has {free / 2**20:.1f} MiB free; this run"
+        f" needs about {need / 2**20:.1f} MiB")
+  path = os.path.join(out_dir, CONFIG_FILE)
+  if not os.path.exists(path):
+    return
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ResultsDirError(
+        f"--out_dir {out_dir!r} has an unreadable {CONFIG_FILE} ({e});"
+        " choose another --out_dir") from None
+  if old != record:
+    old_cfg, new_cfg = old.get("config", {}), record["config"]
+    fields = sorted(k for k in set(old_cfg) | set(new_cfg)
+                    if old_cfg.get(k) != new_cfg.get(k))
+    if old.get("data_source") != record["data_source"]:
+      fields.append("data_source")
+    raise ResultsDirError(
+        f"--out_dir {out_dir!r} holds results of a different configuration"
+        f" (differs in: {', '.join(fields)}); refusing to mix them, choose"
+        " another --out_dir")
+  if not resume:
+    raise ResultsDirError(
+        f"--out_dir {out_dir!r} already holds this run; pass --resume to"
+        " continue it, or choose another --out_dir")
+
+
+def _rows(first_round: int, metrics: simulator.RoundMetrics,
+          evals: simulator.EvalMetrics | None, seeds: np.ndarray
+          ) -> list[dict[str, Any]]:
+  """Metrics rows (round-major, then seed) for one chunk."""
+  rows = []
+  num_rounds = metrics.train_loss.shape[1]
+  for r in range(num_rounds):
+    last = r == num_rounds - 1
+    for s, seed in enumerate(seeds):
+      row = {"round": first_round + r, "seed": int(seed),
+             "minibatch_loss": float(metrics.train_loss[s, r]),
+             "train_loss": None, "test_loss": None, "test_accuracy": None}
+      if last and evals is not None:
+        row.update(_eval_columns(evals, s))
+      for name in ("h_worker", "h_master", "log_distance", "score"):
+        row[name] = [float(v) for v in getattr(metrics, name)[s, r]]
+      row["connected"] = [bool(v) for v in metrics.connected[s, r]]
+      row["local_steps"] = [int(v) for v in metrics.local_steps[s, r]]
+      rows.append(row)
+  return rows
+
+
+def _eval_columns(evals: simulator.EvalMetrics, s: int) -> dict[str, float]:
+  return {"train_loss": float(evals.train_loss[s]),
+          "test_loss": float(evals.test_loss[s]),
+          "test_accuracy": float(evals.test_accuracy[s])}
+
+
+def _initial_rows(evals: simulator.EvalMetrics, seeds: np.ndarray
+                  ) -> list[dict[str, Any]]:
+  rows = []
+  for s, seed in enumerate(seeds):
+    row = dict.fromkeys(METRIC_COLUMNS)
+    row.update(round=0, seed=int(seed), **_eval_columns(evals, s))
+    rows.append(row)
+  return rows
+
+
+def _append(f: TextIO, rows: list[dict[str, Any]]) -> None:
+  for row in rows:
+    f.write(json.dumps(row) + "\n")
+  f.flush()
+  os.fsync(f.fileno())
+
+
+def read_metrics(out_dir: str) -> list[dict[str, Any]]:
+  """The metrics rows of a results folder."""
+  with open(os.path.join(out_dir, METRICS_FILE)) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def _state_bytes(state: Any) -> int:
+  import jax  # pylint: disable=g-import-not-at-top
+  return sum(x.size * x.dtype.itemsize
+             for x in jax.tree_util.tree_leaves(state))
+
+
+class _SignalCatcher:
+  """Turns SIGINT/SIGTERM into a flag checked between chunks."""
+
+  def __init__(self):
+    self.signum: int | None = None
+    self._old = {}
+
+  def __enter__(self):
+    for sig in (signal.SIGINT, signal.SIGTERM):
+      try:
+        self._old[sig] = signal.signal(sig, self._handle)
+      except ValueError:  # Not the main thread: leave signals alone.
+        pass
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.signum is not None:  # A second signal: stop at once.
+      raise KeyboardInterrupt
+    self.signum = signum
+
+  def __exit__(self, *exc):
+    for sig, old in self._old.items():
+      signal.signal(sig, old)
+
+
+def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
+                   data_source: str = "auto", mnist_dir: str | None = None,
+                   checkpoint_every: int = 0, resume: bool = False,
+                   data: data_lib.MNIST | None = None,
+                   log: Callable[[str], None] | None = None) -> RunSummary:
+  """Runs ``config`` and writes its results folder.
+
+  Args:
+    config: the experiment.
+    out_dir: the results folder.
+    data_source: ``load_mnist``'s source when ``data`` is not given.
+    mnist_dir: ``load_mnist``'s data_dir (an IDX or TFDS folder).
+    checkpoint_every: rounds between checkpoints (0: none). Checkpoints are
+      taken at chunk ends, so the interval is rounded up to whole chunks of
+      ``eval_every`` rounds.
+    resume: continue the run already in ``out_dir`` from its last checkpoint.
+    data: an already loaded dataset (its ``source`` is recorded).
+    log: where progress lines go (default: stdout).
+
+  Returns:
+    The run's summary (also written to ``summary.json``).
+
+  Raises:
+    ResultsDirError, data.DataError, config.ConfigError: bad input, raised
+      before anything compiles.
+    simulator.NonFiniteError: a worker went non-finite; the last checkpoint
+      is kept.
+    Interrupted: SIGINT or SIGTERM; a checkpoint was saved if enabled.
+  """
+  log = log or (lambda s: print(s, flush=True))
+  if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
+    raise config_lib.ConfigError(
+        f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
+  config = config.resolve()
+  if data is None:
+    data = data_lib.load_mnist(data_source, mnist_dir)
+  record = _record(config, data.source)
+  check_out_dir(out_dir, record, resume=resume)
+  metrics_path = os.path.join(out_dir, METRICS_FILE)
+  if resume and os.path.exists(os.path.join(out_dir, SUMMARY_FILE)):
+    with open(os.path.join(out_dir, SUMMARY_FILE)) as f:
+      summary = RunSummary(**json.load(f))
+    log(f"already complete: {summary.line()}")
+    return summary
+
+  start = time.perf_counter()
+  sim = simulator.Simulation(config, data)
+  state = sim.init_state()
+  ckpt = None
+  if checkpoint_every or resume:
+    ckpt = checkpoint_lib.Checkpointer(os.path.join(out_dir, CHECKPOINT_DIR))
+    check_out_dir(out_dir, record, resume=True,
+                  checkpoint_bytes=_state_bytes(state))
+  progress = checkpoint_lib.Progress(0, 0, 0)
+  if resume and ckpt is not None and ckpt.latest_round() is not None:
+    state, progress = ckpt.restore(state)
+    log(f"resumed from the checkpoint at round {progress.rounds_done}")
+  elif resume:
+    log("no checkpoint to resume from: starting from round 0")
+
+  with open(os.path.join(out_dir, CONFIG_FILE), "w") as f:
+    json.dump(record, f, indent=2, sort_keys=True)
+  # Cut the metrics back to what the checkpoint had seen: the rounds after
+  # it run again and write their rows again, exactly once.
+  with open(metrics_path, "a+b") as f:
+    f.truncate(progress.metrics_bytes)
+  rows_written = progress.metrics_rows
+  done = progress.rounds_done
+  last_saved = done
+  chunks = simulator.chunk_schedule(done, config.rounds, config.eval_every)
+  latest_acc = None
+  with open(metrics_path, "a") as out, _SignalCatcher() as signals:
+    if done == 0:
+      evals = sim.evaluate(state)
+      rows = _initial_rows(evals, sim.seeds)
+      _append(out, rows)
+      rows_written += len(rows)
+      latest_acc = float(evals.test_accuracy.mean())
+    t0, rounds_at_t0 = time.perf_counter(), done
+    for n in chunks:
+      state, metrics = sim.run_rounds(state, n)
+      sim.check_finite(metrics, done + 1)
+      evals = None
+      if (done + n) % config.eval_every == 0 or done + n == config.rounds:
+        evals = sim.evaluate(state)
+        latest_acc = float(evals.test_accuracy.mean())
+      rows = _rows(done + 1, metrics, evals, sim.seeds)
+      _append(out, rows)
+      rows_written += len(rows)
+      done += n
+      due = checkpoint_every and done - last_saved >= checkpoint_every
+      if ckpt is not None and (due or signals.signum is not None):
+        ckpt.save(state, checkpoint_lib.Progress(done, rows_written,
+                                                 out.tell()))
+        last_saved = done
+      rate = (done - rounds_at_t0) / max(time.perf_counter() - t0, 1e-9)
+      left = (config.rounds - done) / rate if rate > 0 else float("inf")
+      acc = "n/a" if latest_acc is None else f"{latest_acc:.4f}"
+      log(f"round {done}/{config.rounds} | {rate:.2f} rounds/s |"
+          f" {left:.0f} s left | test accuracy {acc}")
+      if signals.signum is not None:
+        raise Interrupted(signals.signum, done, ckpt is not None)
+
+  final = [r for r in read_metrics(out_dir) if r["round"] == config.rounds]
+  final.sort(key=lambda r: r["seed"])
+  if config.rounds == 0:
+    final = [r for r in read_metrics(out_dir) if r["round"] == 0]
+  summary = RunSummary(
+      method=config.method, num_workers=config.num_workers,
+      comm_period=config.comm_period, rounds=config.rounds,
+      seeds=[int(s) for s in sim.seeds],
+      final_test_accuracy=[r["test_accuracy"] for r in final],
+      final_train_loss=[r["train_loss"] for r in final],
+      final_test_loss=[r["test_loss"] for r in final],
+      wall_time_s=time.perf_counter() - start, data_source=data.source)
+  tmp = os.path.join(out_dir, SUMMARY_FILE + ".tmp")
+  with open(tmp, "w") as f:
+    json.dump(dataclasses.asdict(summary), f, indent=2)
+  os.replace(tmp, os.path.join(out_dir, SUMMARY_FILE))
+  if ckpt is not None:
+    ckpt.close()
+  log(summary.line())
+  return summary
+
+
+def is_complete(out_dir: str) -> bool:
+  """Whether ``out_dir`` holds a finished run."""
+  return os.path.exists(os.path.join(out_dir, SUMMARY_FILE))
+
+
+def parse_floats(values: list[str], field: str) -> tuple[float, ...]:
+  """Parses a list flag of numbers; a ``ConfigError`` names the field."""
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise config_lib.ConfigError(
+        f"{field} must be a comma-separated list of numbers, got"
+        f" {','.join(values)!r}", field) from None
+
+
+# Failures an experiment binary reports in one line, without a traceback.
+EXPECTED_ERRORS = (config_lib.ConfigError, data_lib.DataError,
+                   ResultsDirError, simulator.NonFiniteError, Interrupted)
+
+
+def main_error(e: BaseException) -> int:
+  """Prints a one-line error for a known failure; returns the exit code.
+
+  Config errors name the offending flag (``--field``).
+  """
+  message = str(e)
+  if isinstance(e, config_lib.ConfigError) and e.field:
+    message = "--" + message
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  return 130 if isinstance(e, Interrupted) else 1

@@ -1,0 +1,194 @@
+"""The paper's experiment grid (§VI, Figures 3-5) as resumable runs.
+
+The grid is six methods × k ∈ {4, 8} × τ ∈ {1, 2, 4}, every run over three
+seeds with failure rate 1/3, plus the overlap sweep r ∈ {0, 12.5, 25, 37.5,
+50} % on EAHES-O (k = 4, τ = 1). Every run gets its own folder under
+``RESULTS_DIR/runs/`` named after its configuration; a run whose folder is
+complete is skipped and an interrupted one resumes from its checkpoint, so
+re-running the same command finishes an interrupted grid. A run that is in
+both the grid and the sweep (EAHES-O, k = 4, τ = 1, r = 25 %) runs once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+from eahes_jax import config as config_lib
+from eahes_jax import data as data_lib
+from eahes_jax import experiment
+from eahes_jax import methods
+
+RUNS_DIR = "runs"
+GRID_FILE = "grid.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Preset:
+  """How big a reproduction to run.
+
+  Attributes:
+    name: the preset's name.
+    model: network of every run.
+    rounds: communication rounds per run.
+    num_seeds: seeds per run (the paper: 3).
+    eval_every: rounds between evaluations.
+    train_eval_size: training examples whose loss is plotted (Figure 5).
+    data_source: default MNIST source.
+    workers: the k values of the grid.
+    periods: the τ values of the grid.
+    methods: the methods of the grid.
+    overlap_ratios: r values of the sweep (Figure 3).
+    overlap_method: the sweep's method.
+    overlap_workers: the sweep's k.
+    overlap_period: the sweep's τ.
+  """
+
+  name: str
+  model: str
+  rounds: int
+  num_seeds: int
+  eval_every: int
+  train_eval_size: int
+  data_source: str
+  workers: tuple[int, ...] = (4, 8)
+  periods: tuple[int, ...] = (1, 2, 4)
+  methods: tuple[str, ...] = methods.PAPER_METHODS
+  overlap_ratios: tuple[float, ...] = (0.0, 0.125, 0.25, 0.375, 0.5)
+  overlap_method: str = "EAHES-O"
+  overlap_workers: int = 4
+  overlap_period: int = 1
+
+
+PRESETS = {
+    # Finishes on a 2-core CPU in under 20 minutes (measured: README).
+    "quick": Preset(name="quick", model="mlp", rounds=40, num_seeds=3,
+                    eval_every=10, train_eval_size=2000,
+                    data_source="sample"),
+    # The paper's setting, for an accelerator: full MNIST, small_cnn.
+    "paper": Preset(name="paper", model="small_cnn", rounds=300,
+                    num_seeds=3, eval_every=10, train_eval_size=10000,
+                    data_source="auto"),
+}
+
+
+def customize(preset: Preset, **overrides) -> Preset:
+  """The preset with the non-None ``overrides`` applied (validated)."""
+  changes = {k: v for k, v in overrides.items() if v is not None}
+  for field in ("rounds", "num_seeds"):
+    if field in changes and (changes[field] < (1 if field == "num_seeds"
+                                               else 0)):
+      raise config_lib.ConfigError(
+          f"{field} must be an integer >= {1 if field == 'num_seeds' else 0},"
+          f" got {changes[field]!r}", field)
+  if changes:
+    preset = dataclasses.replace(preset, name=f"{preset.name}-custom",
+                                 **changes)
+  return preset
+
+
+def run_name(config: config_lib.SimConfig) -> str:
+  """A run's folder name, from the fields the grid varies."""
+  c = config.resolve()
+  return (f"{c.method}_k{c.num_workers}_tau{c.comm_period}"
+          f"_r{round(c.overlap_ratio * 1000):03d}")
+
+
+def grid_configs(preset: Preset, base: config_lib.SimConfig | None = None
+                 ) -> list[config_lib.SimConfig]:
+  """The grid's configurations (main grid first, then the overlap sweep).
+
+  Args:
+    preset: the preset.
+    base: fields not set by the preset (failure model, α, ...); default
+      ``SimConfig()``.
+
+  Returns:
+    The distinct configurations, in run order.
+  """
+  base = (base or config_lib.SimConfig()).replace(
+      model=preset.model, rounds=preset.rounds, num_seeds=preset.num_seeds,
+      eval_every=preset.eval_every, train_eval_size=preset.train_eval_size)
+  out = []
+  for k in preset.workers:
+    for tau in preset.periods:
+      for m in preset.methods:
+        out.append(base.replace(method=m, num_workers=k, comm_period=tau,
+                                overlap_ratio=None))
+  for r in preset.overlap_ratios:
+    out.append(base.replace(method=preset.overlap_method,
+                            num_workers=preset.overlap_workers,
+                            comm_period=preset.overlap_period,
+                            overlap_ratio=r))
+  seen, unique = set(), []
+  for c in out:
+    if run_name(c) not in seen:
+      seen.add(run_name(c))
+      unique.append(c)
+  return unique
+
+
+def run_grid(preset: Preset, out_dir: str, *,
+             base: config_lib.SimConfig | None = None,
+             data_source: str | None = None, mnist_dir: str | None = None,
+             checkpoint_every: int = 0,
+             log: Callable[[str], None] | None = None
+             ) -> list[experiment.RunSummary]:
+  """Runs (or finishes) the whole grid into ``out_dir``.
+
+  Args:
+    preset: the preset.
+    out_dir: the grid's results folder.
+    base: configuration fields the preset does not set.
+    data_source: MNIST source (default: the preset's).
+    mnist_dir: IDX or TFDS folder.
+    checkpoint_every: rounds between checkpoints of each run (0: none).
+    log: where progress goes (default: stdout).
+
+  Returns:
+    Every run's summary, in run order.
+  """
+  log = log or (lambda s: print(s, flush=True))
+  configs = grid_configs(preset, base)
+  os.makedirs(os.path.join(out_dir, RUNS_DIR), exist_ok=True)
+  data = data_lib.load_mnist(data_source or preset.data_source, mnist_dir)
+  _check_grid_record(out_dir, preset, data.source)
+  summaries = []
+  start = time.perf_counter()
+  for i, config in enumerate(configs):
+    name = run_name(config)
+    run_dir = os.path.join(out_dir, RUNS_DIR, name)
+    if experiment.is_complete(run_dir):
+      with open(os.path.join(run_dir, experiment.SUMMARY_FILE)) as f:
+        summaries.append(experiment.RunSummary(**json.load(f)))
+      log(f"[{i + 1}/{len(configs)}] {name}: complete, skipped")
+      continue
+    log(f"[{i + 1}/{len(configs)}] {name} ({time.perf_counter() - start:.0f}"
+        " s into the grid)")
+    resume = os.path.exists(os.path.join(run_dir, experiment.CONFIG_FILE))
+    summaries.append(experiment.run_experiment(
+        config, run_dir, data=data, checkpoint_every=checkpoint_every,
+        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}")))
+  log(f"grid done in {time.perf_counter() - start:.0f} s: {out_dir}")
+  return summaries
+
+
+def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
+  record = {"preset": dataclasses.asdict(preset), "data_source": source}
+  record = json.loads(json.dumps(record))  # Tuples become lists.
+  path = os.path.join(out_dir, GRID_FILE)
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    if old != record:
+      raise experiment.ResultsDirError(
+          f"{out_dir!r} holds a grid of another preset or data source"
+          f" ({old.get('preset', {}).get('name')!r} on"
+          f" {old.get('data_source')!r}); refusing to mix, choose another"
+          " results folder")
+    return
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)

@@ -1,0 +1,259 @@
+"""MNIST classifiers in flax.linen: an MLP and two CNNs.
+
+Every model maps float32 images of shape (B, 28, 28, 1) to logits of shape
+(B, 10) and is called as
+
+    model.apply({"params": params}, x, train=False, rngs={"dropout": key})
+
+Only `CNN` uses dropout; the other models accept `train` and ignore it.
+
+The simulator vmaps these models over a leading worker axis of stacked
+parameters. Vmapping a convolution over per-worker kernels turns it into a
+grouped convolution, which XLA's CPU backend runs slowly. The CNNs therefore
+take `conv_impl="im2col"`, under which a convolution is an explicit patch
+extraction (shifted slices) followed by a matmul, so that vmap over workers
+becomes a batched matmul. All implementations share the parameter tree
+(`nn.Conv`'s names, shapes and initialisers), so parameters move freely
+between them.
+"""
+
+from collections.abc import Callable, Sequence
+import math
+from typing import Any
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+NUM_CLASSES = 10
+INPUT_SHAPE = (28, 28, 1)
+CONV_IMPLS = ("xla", "im2col", "im2col_lax")
+
+# NHWC activations and HWIO kernels, as nn.Conv.
+_DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
+
+
+def extract_patches(x: chex.Array, kernel_size: Sequence[int],
+                    padding: str = "VALID") -> chex.Array:
+  """Stride-1 image patches, features ordered (kh, kw, C) like an HWIO kernel.
+
+  Built by concatenating kh * kw shifted slices rather than with
+  `lax.conv_general_dilated_patches`, which is itself a grouped convolution
+  (one group per input channel) and, with its transpose in the backward pass,
+  runs about twice as slow on XLA's CPU backend. The (kh, kw, C) order keeps
+  each slice's channels contiguous and lets an HWIO kernel be flattened
+  without a transpose; `lax.conv_general_dilated_patches` orders features
+  channel-major, (C, kh, kw), instead.
+
+  Args:
+    x: images of shape (B, H, W, C).
+    kernel_size: (kh, kw).
+    padding: "VALID", or "SAME" (padded as lax pads: the extra row/column of an
+      even kernel goes at the high end).
+
+  Returns:
+    Patches of shape (B, H', W', kh * kw * C).
+  """
+  kh, kw = kernel_size
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2),
+                    (0, 0)))
+  h, w = x.shape[1], x.shape[2]
+  ho, wo = h - kh + 1, w - kw + 1
+  shifted = [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(shifted, axis=-1)
+
+
+def _check_conv_impl(conv_impl: str) -> None:
+  if conv_impl not in CONV_IMPLS:
+    raise ValueError(
+        f"conv_impl must be one of {CONV_IMPLS}, got {conv_impl!r}")
+
+
+class Conv2D(nn.Module):
+  """Stride-1 2-D convolution with nn.Conv's parameters, three implementations.
+
+  Attributes:
+    features: number of output channels.
+    kernel_size: (height, width) of the kernel.
+    padding: "VALID" or "SAME".
+    impl: "xla" runs `lax.conv_general_dilated`, exactly as nn.Conv does;
+      "im2col" extracts patches with `extract_patches` (slices) and multiplies
+      them by the flattened kernel, so that vmap over stacked kernels gives a
+      batched matmul instead of a grouped convolution; "im2col_lax" is the
+      same with `lax.conv_general_dilated_patches` (slower on CPU).
+    precision: precision of the convolution / matmul.
+    kernel_init: initialiser of the HWIO kernel (nn.Conv's default).
+    bias_init: initialiser of the bias (nn.Conv's default).
+  """
+  features: int
+  kernel_size: Sequence[int]
+  padding: str = "VALID"
+  impl: str = "xla"
+  precision: Any = None
+  kernel_init: Callable[..., chex.Array] = nn.initializers.lecun_normal()
+  bias_init: Callable[..., chex.Array] = nn.initializers.zeros_init()
+
+  def __post_init__(self):
+    _check_conv_impl(self.impl)
+    if self.padding not in ("VALID", "SAME"):
+      raise ValueError(
+          f"padding must be 'VALID' or 'SAME', got {self.padding!r}")
+    if len(tuple(self.kernel_size)) != 2:
+      raise ValueError(
+          f"kernel_size must have 2 entries, got {self.kernel_size!r}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: chex.Array) -> chex.Array:
+    """Convolves x of shape (B, H, W, C) and returns (B, H', W', features)."""
+    kh, kw = tuple(self.kernel_size)
+    in_features = x.shape[-1]
+    kernel = self.param("kernel", self.kernel_init,
+                        (kh, kw, in_features, self.features))
+    bias = self.param("bias", self.bias_init, (self.features,))
+    if self.impl == "xla":
+      y = lax.conv_general_dilated(
+          x, kernel, window_strides=(1, 1), padding=self.padding,
+          dimension_numbers=_DIMENSION_NUMBERS, precision=self.precision)
+    elif self.impl == "im2col":
+      patches = extract_patches(x, (kh, kw), self.padding)
+      w = kernel.reshape(kh * kw * in_features, self.features)
+      y = jnp.matmul(patches, w, precision=self.precision)
+    else:
+      # The patch extraction only copies values, so run it at full precision:
+      # a reduced-precision pass (TF32/bf16 on accelerators) would round x.
+      patches = lax.conv_general_dilated_patches(
+          x, filter_shape=(kh, kw), window_strides=(1, 1),
+          padding=self.padding, dimension_numbers=_DIMENSION_NUMBERS,
+          precision=lax.Precision.HIGHEST)
+      # These patch features are channel-major, (C, kh, kw) flattened, so the
+      # HWIO kernel is brought to (C, kh, kw, O) before flattening.
+      w = jnp.transpose(kernel, (2, 0, 1, 3)).reshape(
+          in_features * kh * kw, self.features)
+      y = jnp.matmul(patches, w, precision=self.precision)
+    return y + bias
+
+
+def _max_pool2(x: chex.Array) -> chex.Array:
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+
+
+class MLP(nn.Module):
+  """flatten -> dense(hidden) -> relu -> dense(10). For fast tests.
+
+  Attributes:
+    hidden: width of the hidden layer.
+  """
+  hidden: int = 32
+
+  def __post_init__(self):
+    if self.hidden < 1:
+      raise ValueError(f"hidden must be >= 1, got {self.hidden}")
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
+    del train  # No dropout.
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
+    return nn.Dense(NUM_CLASSES, name="fc2")(x)
+
+
+class SmallCNN(nn.Module):
+  """PyTorch's classic MNIST example net without its dropouts: 21,840 params.
+
+  conv 10@5x5 -> max-pool 2 -> relu -> conv 20@5x5 -> max-pool 2 -> relu
+  -> flatten -> dense 50 -> relu -> dense 10.
+
+  Attributes:
+    conv_impl: "xla", "im2col" or "im2col_lax" (see `Conv2D`).
+  """
+  conv_impl: str = "xla"
+
+  def __post_init__(self):
+    _check_conv_impl(self.conv_impl)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
+    del train  # No dropout.
+    x = Conv2D(10, (5, 5), impl=self.conv_impl, name="conv1")(x)
+    x = nn.relu(_max_pool2(x))
+    x = Conv2D(20, (5, 5), impl=self.conv_impl, name="conv2")(x)
+    x = nn.relu(_max_pool2(x))
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(50, name="fc1")(x))
+    return nn.Dense(NUM_CLASSES, name="fc2")(x)
+
+
+class CNN(nn.Module):
+  """The Keras/PyTorch MNIST CNN with dropout: 1,199,882 params.
+
+  conv 32@3x3 -> relu -> conv 64@3x3 -> relu -> max-pool 2 -> dropout 0.25
+  -> flatten -> dense 128 -> relu -> dropout 0.5 -> dense 10.
+
+  Attributes:
+    conv_impl: "xla", "im2col" or "im2col_lax" (see `Conv2D`).
+  """
+  conv_impl: str = "xla"
+
+  def __post_init__(self):
+    _check_conv_impl(self.conv_impl)
+    super().__post_init__()
+
+  @nn.compact
+  def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
+    x = nn.relu(Conv2D(32, (3, 3), impl=self.conv_impl, name="conv1")(x))
+    x = nn.relu(Conv2D(64, (3, 3), impl=self.conv_impl, name="conv2")(x))
+    x = _max_pool2(x)
+    x = nn.Dropout(0.25, deterministic=not train)(x)
+    x = x.reshape((x.shape[0], -1))
+    x = nn.relu(nn.Dense(128, name="fc1")(x))
+    x = nn.Dropout(0.5, deterministic=not train)(x)
+    return nn.Dense(NUM_CLASSES, name="fc2")(x)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "mlp": MLP,
+    "small_cnn": SmallCNN,
+    "cnn": CNN,
+}
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+  """Builds a registered model.
+
+  Args:
+    name: one of `MODELS` ("mlp", "small_cnn", "cnn").
+    **kwargs: fields of the model class, e.g. `hidden` for "mlp" or
+      `conv_impl` for the CNNs.
+
+  Returns:
+    The flax module.
+  """
+  if name not in MODELS:
+    raise ValueError(
+        f"model must be one of {sorted(MODELS)}, got {name!r}")
+  return MODELS[name](**kwargs)
+
+
+def init_params(model: nn.Module, key: chex.PRNGKey) -> chex.ArrayTree:
+  """Initialises `model` on a (1, 28, 28, 1) dummy batch.
+
+  Args:
+    model: a flax module taking (B, 28, 28, 1) images.
+    key: PRNG key for the initialisers.
+
+  Returns:
+    The "params" collection.
+  """
+  dummy = jnp.zeros((1,) + INPUT_SHAPE, jnp.float32)
+  return model.init(key, dummy, train=False)["params"]
+
+
+def param_count(params: chex.ArrayTree) -> int:
+  """Number of scalars in a parameter pytree."""
+  return sum(math.prod(jnp.shape(p)) for p in jax.tree_util.tree_leaves(params))

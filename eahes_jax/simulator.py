@@ -1,0 +1,571 @@
+"""The training engine: k workers and a master as one state pytree.
+
+One communication round (algorithms.md §3, §5, §6) is one pure function of a
+``SimState``:
+
+1. draw this round's failures (which workers reach the master, and how many of
+   the τ local steps each computes);
+2. every worker takes its τ local steps (SGD, Nesterov SGD or AdaHessian with
+   Hutchinson's diagonal) on minibatches drawn on the device from its own
+   partition O ∪ S_j; the worker axis runs by ``vmap``, ``lax.map`` or over a
+   device mesh (``execution.py``);
+3. the weighting policy scores every worker (fixed α, the oracle, or the
+   paper's dynamic weights, eqs. 10-13);
+4. the connected workers meet the master in the masked elastic exchange.
+
+Rounds run in ``lax.scan`` chunks of ``eval_every`` rounds between evaluations
+of the master, and several seeds run side by side by ``vmap`` over a leading
+seed axis, so "the mean of three runs" is one compiled program. Python only
+loops over chunks.
+
+The round's order (local steps, then the exchange) reads the asynchronous
+EASGD update of §3 in the synchronous-round way: the exchange after the last
+local step uses the worker's latest parameters, and the next round's first
+gradient is taken at the post-exchange parameters (the reference's worker
+takes it at the pre-exchange ones; the difference is one step in τ).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import time
+from typing import Any, Callable, NamedTuple
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from eahes_jax.adahessian import adahessian as make_adahessian
+from eahes_jax import config as config_lib
+from eahes_jax import data as data_lib
+from eahes_jax import elastic
+from eahes_jax import execution as execution_lib
+from eahes_jax import failures as failures_lib
+from eahes_jax import hessian
+from eahes_jax import models as models_lib
+from eahes_jax import weighting
+
+# Bits of ``RoundMetrics.nonfinite``: which quantity first went non-finite.
+NONFINITE_LOSS = 1
+NONFINITE_GRAD = 2
+NONFINITE_HESSIAN = 4
+NONFINITE_PARAMS = 8
+_NONFINITE_NAMES = ((NONFINITE_LOSS, "loss"), (NONFINITE_GRAD, "gradient"),
+                    (NONFINITE_HESSIAN, "Hessian diagonal"),
+                    (NONFINITE_PARAMS, "parameters"))
+
+
+class NonFiniteError(FloatingPointError):
+  """A worker's loss, gradient, Hessian diagonal or parameters went non-finite.
+
+  Attributes:
+    round: the first communication round (1-based) where it happened.
+    seed: the seed of the run it happened in.
+    worker: the first worker it happened to.
+    quantities: the names of the non-finite quantities.
+  """
+
+  def __init__(self, round_: int, seed: int, worker: int,
+               quantities: list[str]):
+    self.round = round_
+    self.seed = seed
+    self.worker = worker
+    self.quantities = quantities
+    super().__init__(
+        f"non-finite {', '.join(quantities)} in round {round_}, worker"
+        f" {worker} (seed {seed}); lower --lr or check the data")
+
+
+class SimState(NamedTuple):
+  """Everything that evolves during a run (one seed; a run stacks seeds).
+
+  Attributes:
+    workers: worker parameters, stacked on a leading axis of size k.
+    opt_state: the workers' local optimizer states, stacked likewise.
+    master: the master's parameters.
+    policy_state: the weighting policy's state (u history, miss counters).
+    failure_state: the failure model's state (e.g. bursty chains).
+    steps: int32 (k,), local steps each worker has computed.
+    key: the PRNG key of the next round.
+    round: int32 scalar, rounds completed.
+  """
+
+  workers: chex.ArrayTree
+  opt_state: chex.ArrayTree
+  master: chex.ArrayTree
+  policy_state: chex.ArrayTree
+  failure_state: chex.ArrayTree
+  steps: chex.Array
+  key: chex.PRNGKey
+  round: chex.Array
+
+
+class RoundMetrics(NamedTuple):
+  """Per-round outputs of the scan (leading axes: seeds, rounds).
+
+  Attributes:
+    worker_loss: (k,) each worker's mean minibatch loss over the steps it
+      computed this round (0 for a worker that computed none).
+    train_loss: scalar, the mean of ``worker_loss`` over computing workers.
+    log_distance: (k,) u = log‖θ_i − θ_m‖ before the exchange (§5).
+    score: (k,) the dynamic raw score a (0 for the other policies).
+    h_worker: (k,) the worker's pull toward the master this round.
+    h_master: (k,) the master's pull toward the worker this round.
+    connected: (k,) bool, whether the worker reached the master.
+    local_steps: (k,) int32, local steps computed this round.
+    nonfinite: (k,) int32 bit mask of ``NONFINITE_*`` (0: all finite).
+  """
+
+  worker_loss: chex.Array
+  train_loss: chex.Array
+  log_distance: chex.Array
+  score: chex.Array
+  h_worker: chex.Array
+  h_master: chex.Array
+  connected: chex.Array
+  local_steps: chex.Array
+  nonfinite: chex.Array
+
+
+class EvalMetrics(NamedTuple):
+  """The master's evaluation (leading axis: seeds).
+
+  Attributes:
+    test_accuracy: accuracy on the full test set.
+    test_loss: mean cross-entropy on the full test set.
+    train_loss: mean cross-entropy on the fixed training subset (the paper's
+      "training loss", Figure 5).
+  """
+
+  test_accuracy: chex.Array
+  test_loss: chex.Array
+  train_loss: chex.Array
+
+
+@dataclasses.dataclass
+class History:
+  """A finished run's metrics as NumPy arrays.
+
+  Attributes:
+    config: the resolved configuration.
+    seeds: (S,) the seeds.
+    rounds: (R,) round numbers 1..R of the per-round metrics.
+    metrics: ``RoundMetrics`` with arrays (S, R, ...).
+    eval_rounds: (E,) rounds at which the master was evaluated (0 first).
+    evals: ``EvalMetrics`` with arrays (S, E).
+    wall_time_s: seconds the run took, compiles included.
+  """
+
+  config: config_lib.SimConfig
+  seeds: np.ndarray
+  rounds: np.ndarray
+  metrics: RoundMetrics
+  eval_rounds: np.ndarray
+  evals: EvalMetrics
+  wall_time_s: float
+
+  @property
+  def final_test_accuracy(self) -> np.ndarray:
+    return self.evals.test_accuracy[:, -1]
+
+
+def cross_entropy(logits: chex.Array, labels: chex.Array) -> chex.Array:
+  """Mean softmax cross-entropy with integer labels."""
+  return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+
+
+def make_optimizer(config: config_lib.SimConfig
+                   ) -> optax.GradientTransformationExtraArgs:
+  """The workers' local optimizer for the config's method (§7)."""
+  method = config.method_spec
+  lr = config.lr if config.lr is not None else 0.01
+  if method.optimizer == "sgd":
+    return optax.sgd(lr)
+  if method.optimizer == "nesterov":
+    return optax.sgd(lr, momentum=config.momentum, nesterov=True)
+  return make_adahessian(
+      lr, weight_decay=config.weight_decay, hessian_power=config.hessian_power)
+
+
+def make_policy(config: config_lib.SimConfig) -> weighting.WeightingPolicy:
+  """The elastic weighting policy of the config's method."""
+  kind = config.method_spec.weighting
+  if kind == "fixed":
+    return weighting.fixed(config.alpha)
+  if kind == "oracle":
+    return weighting.oracle(config.alpha)
+  return weighting.dynamic(
+      config.alpha, p=config.dw_history, coeffs=config.dw_coeffs,
+      threshold=config.dw_threshold,
+      master_estimate=config.dw_master_estimate)
+
+
+def make_failure_model(config: config_lib.SimConfig
+                       ) -> failures_lib.FailureModel:
+  """The failure model: base outages, then stragglers on top if asked."""
+  if config.failure_model == "none" or config.failure_rate == 0:
+    base = failures_lib.no_failures()
+  elif config.failure_model == "bernoulli":
+    base = failures_lib.bernoulli(config.failure_rate, mode=config.failure_mode)
+  else:
+    base = failures_lib.bursty(config.failure_rate, config.mean_outage,
+                               mode=config.failure_mode)
+  if config.straggler_rate > 0:
+    return failures_lib.stragglers(config.straggler_rate,
+                                   config.straggler_slowdown, base=base)
+  return base
+
+
+def make_model(config: config_lib.SimConfig):
+  """The flax model, with the convolution formulation resolved."""
+  if config.model == "mlp":
+    return models_lib.get_model("mlp")
+  conv_impl = config.conv_impl
+  if conv_impl == "auto":
+    conv_impl = "im2col" if jax.default_backend() == "cpu" else "xla"
+  return models_lib.get_model(config.model, conv_impl=conv_impl)
+
+
+def _tree_where(pred: chex.Array, a: Any, b: Any) -> Any:
+  return jax.tree_util.tree_map(lambda x, y: jnp.where(pred, x, y), a, b)
+
+
+def _all_finite(tree: Any) -> chex.Array:
+  leaves = jax.tree_util.tree_leaves(tree)
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+class DeviceData(NamedTuple):
+  """The dataset as device arrays (shared by all seeds)."""
+
+  train_x: chex.Array
+  train_y: chex.Array
+  test_x: chex.Array
+  test_y: chex.Array
+  train_eval_x: chex.Array
+  train_eval_y: chex.Array
+
+
+class Simulation:
+  """A compiled simulation of one configuration over its seeds.
+
+  ``init_state`` builds the initial state (leading seed axis), ``run_rounds``
+  advances it by whole rounds in one jitted scan, ``evaluate`` scores the
+  master. ``run`` strings them together; experiment binaries drive them
+  directly to checkpoint between chunks.
+  """
+
+  def __init__(self, config: config_lib.SimConfig, data: data_lib.MNIST):
+    config = config.resolve()
+    self.config = config
+    self.method = config.method_spec
+    self.strategy = execution_lib.resolve_strategy(config.execution)
+    self.mesh = (execution_lib.worker_mesh(config.num_workers)
+                 if self.strategy == "sharded" else None)
+    self.seeds = np.arange(config.seed, config.seed + config.num_seeds)
+    self.model = make_model(config)
+    self.optimizer = make_optimizer(config)
+    self.policy = make_policy(config)
+    self.failure_model = make_failure_model(config)
+
+    n_train = int(data.train_images.shape[0])
+    # Each seed draws its own overlap partition (§4), like a fresh run would.
+    self.worker_idx = np.stack([
+        data_lib.overlap_partition(n_train, config.num_workers,
+                                   config.overlap_ratio, int(s))[1]
+        for s in self.seeds])
+    eval_idx = np.arange(n_train)
+    if 0 < config.train_eval_size < n_train:
+      eval_idx = np.sort(np.random.default_rng(0).choice(
+          n_train, config.train_eval_size, replace=False))
+    self.data = DeviceData(
+        jnp.asarray(data.train_images), jnp.asarray(data.train_labels),
+        jnp.asarray(data.test_images), jnp.asarray(data.test_labels),
+        jnp.asarray(data.train_images[eval_idx]),
+        jnp.asarray(data.train_labels[eval_idx]))
+    self._worker_idx = jnp.asarray(self.worker_idx)
+    self._chunks: dict[int, Callable[..., Any]] = {}
+    self._init = jax.jit(jax.vmap(self._init_one))
+    self._evaluate = jax.jit(jax.vmap(self._evaluate_one,
+                                      in_axes=(0, None)))
+
+  # ---------------------------------------------------------------- state --
+  def _init_one(self, seed: chex.Array) -> SimState:
+    key = jax.random.PRNGKey(seed)
+    init_key, fail_key, key = jax.random.split(key, 3)
+    master = models_lib.init_params(self.model, init_key)
+    k = self.config.num_workers
+    # Every worker starts as a copy of the master (paper §II).
+    workers = jax.tree_util.tree_map(
+        lambda x: jnp.broadcast_to(x, (k,) + x.shape), master)
+    return SimState(
+        workers=workers,
+        opt_state=jax.vmap(self.optimizer.init)(workers),
+        master=master,
+        policy_state=self.policy.init(k),
+        failure_state=self.failure_model.init(fail_key, k,
+                                              self.config.comm_period),
+        steps=jnp.zeros((k,), jnp.int32),
+        key=key,
+        round=jnp.zeros((), jnp.int32))
+
+  def init_state(self) -> SimState:
+    """The initial state of every seed, stacked on a leading seed axis."""
+    return self._init(jnp.asarray(self.seeds, jnp.uint32))
+
+  # ---------------------------------------------------------------- round --
+  def _local_steps(self, params, opt_state, key, worker_idx, num_steps, data):
+    """τ local steps of one worker; steps >= ``num_steps`` are no-ops."""
+    cfg = self.config
+    second_order = self.method.second_order
+
+    def step(carry, t):
+      params, opt_state, loss_sum, bad = carry
+      batch_key, probe_key, dropout_key = jax.random.split(
+          jax.random.fold_in(key, t), 3)
+      pick = jax.random.randint(batch_key, (cfg.batch_size,), 0,
+                                worker_idx.shape[0])
+      rows = worker_idx[pick]
+      x, y = data.train_x[rows], data.train_y[rows]
+
+      def loss_fn(p):
+        logits = self.model.apply({"params": p}, x, train=True,
+                                  rngs={"dropout": dropout_key})
+        return cross_entropy(logits, y)
+
+      if second_order:
+        loss, grads, hdiag = hessian.hutchinson_diag(
+            loss_fn, params, probe_key, num_samples=cfg.hessian_samples)
+        updates, new_opt = self.optimizer.update(
+            grads, opt_state, params, hessian_diag=hdiag)
+        hess_ok = _all_finite(hdiag)
+      else:
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, new_opt = self.optimizer.update(grads, opt_state, params)
+        hess_ok = jnp.bool_(True)
+      new_params = optax.apply_updates(params, updates)
+      active = t < num_steps
+      flags = (jnp.where(jnp.isfinite(loss), 0, NONFINITE_LOSS)
+               | jnp.where(_all_finite(grads), 0, NONFINITE_GRAD)
+               | jnp.where(hess_ok, 0, NONFINITE_HESSIAN)
+               | jnp.where(_all_finite(new_params), 0, NONFINITE_PARAMS))
+      carry = (_tree_where(active, new_params, params),
+               _tree_where(active, new_opt, opt_state),
+               loss_sum + jnp.where(active, loss, 0.0),
+               bad | jnp.where(active, flags, 0))
+      return carry, None
+
+    init = (params, opt_state, jnp.zeros((), jnp.float32),
+            jnp.zeros((), jnp.int32))
+    (params, opt_state, loss_sum, bad), _ = jax.lax.scan(
+        step, init, jnp.arange(cfg.comm_period))
+    loss = loss_sum / jnp.maximum(num_steps, 1).astype(jnp.float32)
+    return params, opt_state, loss, bad
+
+  def _round(self, state: SimState, worker_idx: chex.Array,
+             data: DeviceData) -> tuple[SimState, RoundMetrics]:
+    cfg = self.config
+    key, fail_key, work_key, exchange_key = jax.random.split(state.key, 4)
+    failures, failure_state = self.failure_model.update(state.failure_state,
+                                                        fail_key)
+    local = execution_lib.map_workers(
+        functools.partial(self._local_steps, data=data), self.strategy,
+        self.mesh)
+    workers, opt_state, worker_loss, nonfinite = local(
+        state.workers, state.opt_state,
+        jax.random.split(work_key, cfg.num_workers), worker_idx,
+        failures.local_steps)
+    weights, policy_state = self.policy.update(
+        state.policy_state,
+        weighting.WeightingInputs(workers=workers, master=state.master,
+                                  connected=failures.connected))
+    workers, master = elastic.exchange(
+        workers, state.master, weights.h_worker, weights.h_master,
+        failures.connected, order=cfg.exchange_order, key=exchange_key)
+    computed = failures.local_steps > 0
+    train_loss = (jnp.sum(jnp.where(computed, worker_loss, 0.0))
+                  / jnp.maximum(jnp.sum(computed), 1))
+    new_state = SimState(workers, opt_state, master, policy_state,
+                         failure_state, state.steps + failures.local_steps,
+                         key, state.round + 1)
+    metrics = RoundMetrics(
+        worker_loss=worker_loss, train_loss=train_loss,
+        log_distance=weights.log_distance, score=weights.score,
+        h_worker=weights.h_worker, h_master=weights.h_master,
+        connected=failures.connected, local_steps=failures.local_steps,
+        nonfinite=nonfinite)
+    return new_state, metrics
+
+  def _chunk_fn(self, length: int) -> Callable[..., Any]:
+    if length not in self._chunks:
+
+      def chunk(state, worker_idx, data):
+        return jax.lax.scan(lambda s, _: self._round(s, worker_idx, data),
+                            state, None, length=length)
+
+      self._chunks[length] = jax.jit(
+          jax.vmap(chunk, in_axes=(0, 0, None)), donate_argnums=0)
+    return self._chunks[length]
+
+  def run_rounds(self, state: SimState, num_rounds: int
+                 ) -> tuple[SimState, RoundMetrics]:
+    """Advances every seed by ``num_rounds`` rounds in one jitted scan.
+
+    The input state's buffers are donated: use only the returned state.
+
+    Args:
+      state: the stacked state.
+      num_rounds: rounds to run, >= 1.
+
+    Returns:
+      The new state and the per-round metrics as NumPy arrays with leading
+      axes (seeds, num_rounds).
+    """
+    state, metrics = self._chunk_fn(num_rounds)(state, self._worker_idx,
+                                                self.data)
+    return state, jax.tree_util.tree_map(np.asarray, metrics)
+
+  # ----------------------------------------------------------- evaluation --
+  def _dataset_metrics(self, params, x, y):
+    """Loss and accuracy of ``params`` on (x, y), in fixed-size batches."""
+    bs = min(self.config.eval_batch_size, x.shape[0])
+    n = x.shape[0]
+    pad = (-n) % bs
+    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+    y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+    valid = jnp.arange(n + pad) < n
+    batches = (x.reshape((-1, bs) + x.shape[1:]), y.reshape(-1, bs),
+               valid.reshape(-1, bs))
+
+    def one(batch):
+      bx, by, bv = batch
+      logits = self.model.apply({"params": params}, bx, train=False)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, by)
+      correct = jnp.argmax(logits, -1) == by
+      return jnp.sum(jnp.where(bv, losses, 0.0)), jnp.sum(correct & bv)
+
+    loss_sums, correct = jax.lax.map(one, batches)
+    return jnp.sum(loss_sums) / n, jnp.sum(correct) / n
+
+  def _evaluate_one(self, state: SimState, data: DeviceData) -> EvalMetrics:
+    test_loss, test_acc = self._dataset_metrics(state.master, data.test_x,
+                                                data.test_y)
+    train_loss, _ = self._dataset_metrics(state.master, data.train_eval_x,
+                                          data.train_eval_y)
+    return EvalMetrics(test_acc, test_loss, train_loss)
+
+  def evaluate(self, state: SimState) -> EvalMetrics:
+    """The master's test accuracy, test loss and training loss, per seed."""
+    return jax.tree_util.tree_map(np.asarray,
+                                  self._evaluate(state, self.data))
+
+  # --------------------------------------------------------------- guards --
+  def check_finite(self, metrics: RoundMetrics, first_round: int) -> None:
+    """Raises ``NonFiniteError`` for the first non-finite round in a chunk.
+
+    Args:
+      metrics: a chunk's metrics from ``run_rounds`` (NumPy).
+      first_round: the 1-based number of the chunk's first round.
+    """
+    bad = np.asarray(metrics.nonfinite)
+    if not bad.any():
+      return
+    # The earliest bad round across all seeds, then its first seed and worker.
+    rounds_bad = np.nonzero(bad.any(axis=(0, 2)))[0]
+    round_i = int(rounds_bad[0])
+    seed_i = int(np.nonzero(bad[:, round_i].any(axis=-1))[0][0])
+    worker = int(np.nonzero(bad[seed_i, round_i])[0][0])
+    code = int(bad[seed_i, round_i, worker])
+    names = [name for bit, name in _NONFINITE_NAMES if code & bit]
+    raise NonFiniteError(first_round + round_i, int(self.seeds[seed_i]),
+                         worker, names)
+
+
+ChunkCallback = Callable[[int, RoundMetrics, EvalMetrics | None, SimState],
+                         None]
+
+
+def chunk_schedule(start_round: int, rounds: int, eval_every: int
+                   ) -> list[int]:
+  """Chunk lengths from ``start_round`` to ``rounds``, ending on evaluations.
+
+  Chunks end at every multiple of ``eval_every`` and at ``rounds``, so a run
+  resumed from any chunk boundary follows the same chunks as an uninterrupted
+  one.
+  """
+  out = []
+  r = start_round
+  while r < rounds:
+    n = min(eval_every - r % eval_every, rounds - r)
+    out.append(n)
+    r += n
+  return out
+
+
+def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
+        callback: ChunkCallback | None = None) -> History:
+  """Runs a configuration over all its seeds and returns the history.
+
+  Args:
+    config: the experiment (validated at construction).
+    data: the dataset, e.g. from ``load_mnist``.
+    callback: called after every chunk as ``callback(rounds_done, metrics,
+      evals_or_None, state)``, e.g. to print progress or checkpoint.
+
+  Returns:
+    The run's ``History``.
+
+  Raises:
+    NonFiniteError: if any worker's loss, gradient, Hessian diagonal or
+      parameters go non-finite (checked once per chunk, inside the jitted
+      round, without per-step host syncs).
+  """
+  start = time.perf_counter()
+  sim = Simulation(config, data)
+  state = sim.init_state()
+  eval_rounds = [0]
+  evals = [sim.evaluate(state)]
+  chunks = []
+  done = 0
+  for n in chunk_schedule(0, sim.config.rounds, sim.config.eval_every):
+    state, metrics = sim.run_rounds(state, n)
+    sim.check_finite(metrics, done + 1)
+    done += n
+    chunks.append(metrics)
+    ev = None
+    if done % sim.config.eval_every == 0 or done == sim.config.rounds:
+      ev = sim.evaluate(state)
+      eval_rounds.append(done)
+      evals.append(ev)
+    if callback is not None:
+      callback(done, metrics, ev, state)
+  return make_history(sim, chunks, eval_rounds, evals,
+                      time.perf_counter() - start)
+
+
+def make_history(sim: Simulation, chunks: list[RoundMetrics],
+                 eval_rounds: list[int], evals: list[EvalMetrics],
+                 wall_time_s: float) -> History:
+  """Concatenates chunk metrics (seeds, rounds, ...) into a ``History``."""
+  k = sim.config.num_workers
+  s = len(sim.seeds)
+  if chunks:
+    metrics = jax.tree_util.tree_map(lambda *xs: np.concatenate(xs, axis=1),
+                                     *chunks)
+  else:
+    empty = lambda *shape: np.zeros((s, 0) + shape)
+    metrics = RoundMetrics(empty(k), empty(), empty(k), empty(k), empty(k),
+                           empty(k), empty(k).astype(bool),
+                           empty(k).astype(np.int32),
+                           empty(k).astype(np.int32))
+  return History(
+      config=sim.config,
+      seeds=sim.seeds,
+      rounds=np.arange(1, metrics.train_loss.shape[1] + 1),
+      metrics=metrics,
+      eval_rounds=np.asarray(eval_rounds),
+      evals=jax.tree_util.tree_map(lambda *xs: np.stack(xs, axis=1), *evals),
+      wall_time_s=wall_time_s)

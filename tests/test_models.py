@@ -1,0 +1,185 @@
+"""Tests for eahes_jax.models."""
+
+import chex
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax import lax
+import numpy as np
+import pytest
+
+from eahes_jax import models
+
+_CONV_MODELS = ("small_cnn", "cnn")
+_IMPLS = ("im2col", "im2col_lax")
+
+
+def _images(key, batch):
+  return jax.random.normal(key, (batch, 28, 28, 1), jnp.float32)
+
+
+@pytest.mark.parametrize("name, kwargs, expected", [
+    ("mlp", {}, 784 * 32 + 32 + 32 * 10 + 10),
+    ("mlp", {"hidden": 5}, 784 * 5 + 5 + 5 * 10 + 10),
+    ("small_cnn", {}, 21_840),
+    ("small_cnn", {"conv_impl": "im2col"}, 21_840),
+    ("cnn", {}, 1_199_882),
+    ("cnn", {"conv_impl": "im2col"}, 1_199_882),
+])
+def test_param_count(name, kwargs, expected):
+  model = models.get_model(name, **kwargs)
+  # Shapes suffice to count; eval_shape skips the (slow, eager) init compute.
+  shapes = jax.eval_shape(lambda k: models.init_params(model, k),
+                          jax.random.key(0))
+  assert models.param_count(shapes) == expected
+
+
+@pytest.mark.parametrize("name", sorted(models.MODELS))
+def test_output_shape_and_dropout(name):
+  model = models.get_model(name)
+
+  @jax.jit
+  def outputs(key):  # One compile per model for every mode below.
+    params = models.init_params(model, key)
+    x = _images(key, 3)
+    k1, k2 = jax.random.split(key)
+    apply = lambda **kw: model.apply({"params": params}, x, **kw)
+    return dict(
+        eval=apply(),
+        eval_rng=apply(train=False, rngs={"dropout": k1}),
+        train_k1=apply(train=True, rngs={"dropout": k1}),
+        train_k1_again=apply(train=True, rngs={"dropout": k1}),
+        train_k2=apply(train=True, rngs={"dropout": k2}))
+
+  out = outputs(jax.random.key(0))
+  chex.assert_shape(out["eval"], (3, 10))
+  chex.assert_type(out["eval"], jnp.float32)
+  assert np.all(np.isfinite(out["eval"]))
+  chex.assert_trees_all_equal(out["eval"], out["eval_rng"])
+  chex.assert_trees_all_equal(out["train_k1"], out["train_k1_again"])
+  if name == "cnn":  # Dropout, in training only.
+    assert not np.allclose(out["train_k1"], out["train_k2"])
+    assert not np.allclose(out["train_k1"], out["eval"])
+  else:  # No dropout: `train` changes nothing.
+    chex.assert_trees_all_equal(out["train_k1"], out["eval"])
+    chex.assert_trees_all_equal(out["train_k2"], out["eval"])
+
+
+@pytest.mark.parametrize("name", _CONV_MODELS)
+def test_conv_impls_share_the_parameter_tree(name):
+  trees = [
+      jax.eval_shape(lambda k, m=models.get_model(name, conv_impl=impl):
+                     models.init_params(m, k), jax.random.key(0))
+      for impl in ("xla",) + _IMPLS]
+  for tree in trees[1:]:
+    # Same names, shapes and dtypes; test_im2col_matches_xla_under_vmap feeds
+    # one impl's parameters to the other.
+    chex.assert_trees_all_equal_structs(trees[0], tree)
+    chex.assert_trees_all_equal_shapes_and_dtypes(trees[0], tree)
+  assert trees[0]["conv1"]["kernel"].shape[:2] == (
+      (5, 5) if name == "small_cnn" else (3, 3))  # HWIO, as nn.Conv.
+
+
+def test_get_model_rejects_unknown_name():
+  with pytest.raises(ValueError, match="model must be one of"):
+    models.get_model("resnet")
+
+
+@pytest.mark.parametrize("name", _CONV_MODELS)
+def test_rejects_unknown_conv_impl(name):
+  with pytest.raises(ValueError, match="conv_impl"):
+    models.get_model(name, conv_impl="winograd")
+
+
+def test_mlp_rejects_empty_hidden_layer():
+  with pytest.raises(ValueError, match="hidden"):
+    models.get_model("mlp", hidden=0)
+
+
+def test_conv2d_rejects_bad_padding():
+  with pytest.raises(ValueError, match="padding"):
+    models.Conv2D(4, (3, 3), padding="CIRCULAR")
+
+
+@pytest.mark.parametrize("kernel_size, padding", [
+    ((5, 5), "VALID"), ((3, 2), "VALID"), ((4, 3), "SAME")])
+def test_conv2d_matches_nn_conv(kernel_size, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
+  ref = nn.Conv(5, kernel_size, padding=padding)
+  params = ref.init(jax.random.key(1), x)["params"]
+  # Non-zero bias, so a dropped bias would show.
+  params = {**params, "bias": jnp.arange(5.0)}
+  expected = ref.apply({"params": params}, x)
+  for impl in models.CONV_IMPLS:
+    conv = models.Conv2D(5, kernel_size, padding=padding, impl=impl)
+    chex.assert_trees_all_equal_shapes(
+        conv.init(jax.random.key(1), x)["params"], params)
+    chex.assert_trees_all_close(conv.apply({"params": params}, x), expected,
+                                rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kernel_size, padding", [
+    ((5, 5), "VALID"), ((3, 2), "VALID"), ((4, 3), "SAME")])
+def test_extract_patches_is_lax_patches_in_hwc_order(kernel_size, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+  kh, kw = kernel_size
+  ref = lax.conv_general_dilated_patches(
+      x, kernel_size, (1, 1), padding,
+      dimension_numbers=("NHWC", "HWIO", "NHWC"))
+  b, h, w, _ = ref.shape
+  # lax orders features (C, kh, kw); extract_patches orders them (kh, kw, C).
+  ref = ref.reshape(b, h, w, 3, kh, kw).transpose(0, 1, 2, 4, 5, 3)
+  chex.assert_trees_all_equal(
+      models.extract_patches(x, kernel_size, padding),
+      ref.reshape(b, h, w, kh * kw * 3))
+
+
+@pytest.mark.parametrize("name", _CONV_MODELS)
+def test_im2col_matches_xla_under_vmap(name):
+  """Per-worker params and batches, vmapped: outputs and gradients agree."""
+  num_workers, batch = 3, 4
+  xla_model = models.get_model(name, conv_impl="xla")
+  # "im2col_lax" is checked against nn.Conv in test_conv2d_matches_nn_conv;
+  # compiling it here too would add to the cost of this test.
+  im2col_model = models.get_model(name, conv_impl="im2col")
+
+  def loss_and_logits(model, params, x, y):
+    logits = model.apply({"params": params}, x)
+    logp = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(logp, y[:, None], 1)), logits
+
+  @jax.jit
+  def both(key):
+    keys = jax.random.split(key, num_workers)
+    # One compile for both impls; params come from the xla model's init.
+    stacked = jax.vmap(lambda k: models.init_params(xla_model, k))(keys)
+    x = jax.random.normal(key, (num_workers, batch, 28, 28, 1))
+    y = jax.random.randint(key, (num_workers, batch), 0, 10)
+    return [
+        jax.vmap(jax.value_and_grad(
+            lambda p, x, y, m=m: loss_and_logits(m, p, x, y), has_aux=True))(
+                stacked, x, y)
+        for m in (xla_model, im2col_model)]
+
+  ((loss_a, logits_a), grad_a), ((loss_b, logits_b), grad_b) = both(
+      jax.random.key(0))
+  chex.assert_shape(logits_a, (num_workers, batch, 10))
+  # Workers really differ (else vmap over params would be vacuous).
+  assert not np.allclose(logits_a[0], logits_a[1])
+  chex.assert_trees_all_close(logits_b, logits_a, rtol=1e-4, atol=1e-5)
+  chex.assert_trees_all_close(loss_b, loss_a, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(grad_b, grad_a, rtol=1e-4, atol=1e-5)
+
+
+def test_init_params_returns_the_params_collection():
+  shapes = jax.eval_shape(
+      lambda k: models.init_params(models.get_model("small_cnn"), k),
+      jax.random.key(0))
+  assert set(shapes) == {"conv1", "conv2", "fc1", "fc2"}
+  mlp = models.get_model("mlp", hidden=3)
+  params = models.init_params(mlp, jax.random.key(0))
+  assert set(params) == {"fc1", "fc2"}
+  chex.assert_shape(params["fc1"]["kernel"], (784, 3))
+  different = models.init_params(mlp, jax.random.key(1))
+  assert not np.allclose(params["fc1"]["kernel"], different["fc1"]["kernel"])
+  assert models.param_count({"a": jnp.zeros((2, 3)), "b": [jnp.zeros(4)]}) == 10

@@ -1,0 +1,167 @@
+"""The training engine end to end: methods, failures, seeds."""
+
+import chex
+import jax
+import numpy as np
+import pytest
+
+from eahes_jax import config as config_lib
+from eahes_jax import methods
+from eahes_jax import simulator
+from tests.conftest import tiny_mnist
+
+# One small configuration that every test varies: an MLP, few workers,
+# few rounds, so each compile stays around a second on 2 cores.
+BASE = config_lib.SimConfig(model="mlp", num_workers=2, comm_period=2,
+                            rounds=3, batch_size=8, eval_every=3,
+                            train_eval_size=64, eval_batch_size=64,
+                            execution="vmap")
+
+
+@pytest.fixture(scope="module")
+def data():
+  return tiny_mnist()
+
+
+@pytest.mark.parametrize("method", methods.PAPER_METHODS)
+def test_every_method_runs_with_documented_shapes(method, data):
+  cfg = BASE.replace(method=method, num_seeds=2)
+  h = simulator.run(cfg, data)
+  s, r, k = 2, cfg.rounds, cfg.num_workers
+  assert h.metrics.worker_loss.shape == (s, r, k)
+  assert h.metrics.train_loss.shape == (s, r)
+  for name in ("log_distance", "score", "h_worker", "h_master", "connected",
+               "local_steps", "nonfinite"):
+    assert getattr(h.metrics, name).shape == (s, r, k), name
+  np.testing.assert_array_equal(h.eval_rounds, [0, 3])
+  for v in h.evals:
+    assert v.shape == (s, 2)
+  for v in jax.tree_util.tree_leaves((h.metrics, h.evals)):
+    assert np.all(np.isfinite(v))
+  assert not h.metrics.nonfinite.any()
+  # The elastic weights are the method's: α for healthy exchanges.
+  assert np.all((h.metrics.h_worker >= 0.1 - 1e-6)
+                & (h.metrics.h_worker <= 1))
+  if methods.get_method(method).weighting == "fixed":
+    np.testing.assert_allclose(h.metrics.h_worker, 0.1, rtol=1e-6)
+    np.testing.assert_allclose(h.metrics.h_master, 0.1, rtol=1e-6)
+
+
+def test_deahes_learns_on_real_sample_digits(sample_mnist):
+  # DEAHES-O, 4 workers, 1/3 failures, 60 rounds of batch 32 on the 4,000
+  # real training digits: measured 0.705 test accuracy on the 1,000 held-out
+  # digits (0.077 at round 0, chance 0.10; CPU, jax 0.10.2). The threshold,
+  # five times chance, leaves room for other backends' rounding.
+  cfg = config_lib.SimConfig(method="DEAHES-O", model="mlp", num_workers=4,
+                             rounds=60, batch_size=32, eval_every=30,
+                             train_eval_size=1000)
+  h = simulator.run(cfg, sample_mnist)
+  assert h.evals.test_accuracy[0, 0] < 0.25
+  assert h.evals.test_accuracy[0, -1] > 0.5
+  assert h.evals.train_loss[0, -1] < h.evals.train_loss[0, 0]
+
+
+def _final_state(cfg, data):
+  sim = simulator.Simulation(cfg, data)
+  state, metrics = sim.run_rounds(sim.init_state(), cfg.rounds)
+  return sim, state, metrics
+
+
+def test_oracle_equals_fixed_without_failures(data):
+  cfg = BASE.replace(failure_rate=0.0)
+  _, a, _ = _final_state(cfg.replace(method="EAHES-OM"), data)
+  _, b, _ = _final_state(cfg.replace(method="EAHES-O"), data)
+  chex.assert_trees_all_equal((a.workers, a.master), (b.workers, b.master))
+
+
+def test_dynamic_never_triggered_equals_fixed(data):
+  # With more history than rounds the raw score stays 0 and h = (α, α).
+  cfg = BASE.replace(failure_rate=0.0, dw_history=5,
+                     dw_coeffs=(0.2,) * 5)
+  _, a, ma = _final_state(cfg.replace(method="DEAHES-O"), data)
+  _, b, _ = _final_state(cfg.replace(method="EAHES-O"), data)
+  np.testing.assert_array_equal(ma.score, 0)
+  chex.assert_trees_all_equal((a.workers, a.master), (b.workers, b.master))
+
+
+def test_single_always_failed_worker_is_local_training(data):
+  cfg = BASE.replace(method="EAHES", num_workers=1, failure_rate=1.0)
+  sim, a, ma = _final_state(cfg, data)
+  _, b, _ = _final_state(cfg.replace(alpha=1.0, exchange_order="parallel"),
+                         data)
+  init = sim.init_state()
+  # The master never moves; the worker trains as if alone: the elastic
+  # settings cannot matter.
+  chex.assert_trees_all_equal(a.master, init.master)
+  chex.assert_trees_all_equal(a.workers, b.workers)
+  assert not ma.connected.any()
+  np.testing.assert_array_equal(a.steps, [[cfg.rounds * cfg.comm_period]])
+  moved = jax.tree_util.tree_map(lambda x, y: np.abs(x - y).max(),
+                                 a.workers, init.workers)
+  assert max(jax.tree_util.tree_leaves(moved)) > 0
+
+
+@pytest.mark.parametrize("mode", ["disconnect", "crash"])
+def test_failed_workers_skip_exchange_and_compute_per_mode(mode, data):
+  # Worker 0 of 2 fails every round (rate 1 for everyone, then worker 1 is
+  # compared with a run where nobody fails).
+  cfg = BASE.replace(method="EAHES", failure_rate=1.0, failure_mode=mode,
+                     rounds=1)
+  sim = simulator.Simulation(cfg, data)
+  init = sim.init_state()
+  init_copy = jax.tree_util.tree_map(np.array, init)
+  state, metrics = sim.run_rounds(init, 1)
+  chex.assert_trees_all_equal(state.master, init_copy.master)
+  moved = max(jax.tree_util.tree_leaves(jax.tree_util.tree_map(
+      lambda x, y: np.abs(x - y).max(), state.workers, init_copy.workers)))
+  if mode == "crash":
+    assert moved == 0
+    np.testing.assert_array_equal(metrics.local_steps, 0)
+  else:
+    assert moved > 0
+    np.testing.assert_array_equal(metrics.local_steps, cfg.comm_period)
+  # A disconnected worker's parameters are exactly its local training's:
+  # the same run with a different α gives the same workers.
+  sim2 = simulator.Simulation(cfg.replace(alpha=0.9), data)
+  state2, _ = sim2.run_rounds(sim2.init_state(), 1)
+  chex.assert_trees_all_equal(state.workers, state2.workers)
+
+
+def test_seeds_in_one_program_equal_separate_runs(data):
+  cfg = BASE.replace(method="DEAHES-O", seed=5, num_seeds=3)
+  together = simulator.run(cfg, data)
+  for i in range(3):
+    alone = simulator.run(cfg.replace(seed=5 + i, num_seeds=1), data)
+    chex.assert_trees_all_close(
+        jax.tree_util.tree_map(lambda x, i=i: x[i], together.metrics),
+        jax.tree_util.tree_map(lambda x: x[0], alone.metrics),
+        rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        jax.tree_util.tree_map(lambda x, i=i: x[i], together.evals),
+        jax.tree_util.tree_map(lambda x: x[0], alone.evals),
+        rtol=1e-5, atol=1e-6)
+
+
+def test_chunking_does_not_change_results(data):
+  cfg = BASE.replace(method="DEAHES-O", rounds=4, eval_every=4)
+  sim = simulator.Simulation(cfg, data)
+  one, m_one = sim.run_rounds(sim.init_state(), 4)
+  two, m_a = sim.run_rounds(sim.init_state(), 2)
+  two, m_b = sim.run_rounds(two, 2)
+  chex.assert_trees_all_equal(one.workers, two.workers)
+  np.testing.assert_array_equal(
+      m_one.h_worker, np.concatenate([m_a.h_worker, m_b.h_worker], axis=1))
+
+
+def test_nonfinite_is_caught_with_round_and_worker(data):
+  cfg = BASE.replace(method="EASGD", lr=1e30, rounds=3)
+  with pytest.raises(simulator.NonFiniteError) as e:
+    simulator.run(cfg, data)
+  assert e.value.round >= 1 and 0 <= e.value.worker < cfg.num_workers
+  assert "round" in str(e.value) and "worker" in str(e.value)
+
+
+def test_chunk_schedule_ends_on_evaluations():
+  assert simulator.chunk_schedule(0, 25, 10) == [10, 10, 5]
+  assert simulator.chunk_schedule(10, 25, 10) == [10, 5]
+  assert simulator.chunk_schedule(0, 0, 10) == []
