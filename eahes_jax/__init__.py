@@ -40,9 +40,13 @@ from eahes_jax.methods import Method
 from eahes_jax.methods import methods as METHODS
 from eahes_jax.methods import PAPER_METHODS
 from eahes_jax.methods import register_method
+from eahes_jax.models import CNN
+from eahes_jax.models import Conv2D
 from eahes_jax.models import get_model
 from eahes_jax.models import init_params
+from eahes_jax.models import MLP
 from eahes_jax.models import param_count
+from eahes_jax.models import SmallCNN
 from eahes_jax.simulator import EvalMetrics
 from eahes_jax.simulator import History
 from eahes_jax.simulator import NonFiniteError

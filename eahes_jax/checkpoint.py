@@ -12,6 +12,7 @@ buffers to the next chunk, so an asynchronous save could read freed memory.
 
 from __future__ import annotations
 
+import logging
 import os
 from typing import Any, NamedTuple
 
@@ -33,6 +34,17 @@ class Progress(NamedTuple):
   metrics_bytes: int
 
 
+class _QuietOrbax(logging.Filter):
+  """Drops orbax's per-save INFO lines from absl's log (warnings stay)."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING or "orbax" not in (
+        record.pathname or "")
+
+
+_QUIET = _QuietOrbax()
+
+
 class Checkpointer:
   """Saves and restores ``(SimState, Progress)`` under one folder.
 
@@ -43,6 +55,10 @@ class Checkpointer:
 
   def __init__(self, directory: str, max_to_keep: int = 2):
     self.directory = os.path.abspath(directory)
+    for handler in logging.getLogger("absl").handlers + [
+        logging.getLogger("absl")]:
+      if _QUIET not in getattr(handler, "filters", []):
+        handler.addFilter(_QUIET)
     self._manager = ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(

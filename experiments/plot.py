@@ -26,8 +26,11 @@ def main(argv):
   try:
     for path in plotting.make_figures(argv[1], _OUT_DIR.value):
       print(path)
-  except FileNotFoundError as e:
-    print(f"error: {e}", file=sys.stderr)
+  except (OSError, ValueError, KeyError) as e:
+    # No results, an unwritable --out_dir, or a results file that is not ours
+    # (bad JSON, missing fields): one line, no traceback.
+    what = f"missing field {e}" if isinstance(e, KeyError) else str(e)
+    print(f"error: {what}", file=sys.stderr)
     sys.exit(1)
 
 

@@ -8,12 +8,20 @@ the overlap sweep r ∈ {0, 12.5, 25, 37.5, 50} % on EAHES-O. Complete runs are
 skipped and interrupted ones resume, so an interrupted grid is finished by
 running the same command again. --preset=quick finishes on a 2-core CPU in
 under 20 minutes; --preset=paper is for an accelerator.
+
+--methods, --workers, --periods and --overlap_ratios reshape the grid, e.g. a
+one-minute smoke test of the whole pipeline:
+
+  python -m experiments.reproduce_paper --out_dir=/tmp/smoke --rounds=4 \
+      --num_seeds=1 --methods=EASGD,DEAHES-O --workers=2 --periods=1 \
+      --overlap_ratios=0,0.5
 """
 
 import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
@@ -39,6 +47,19 @@ _EXECUTION = flags.DEFINE_enum("execution", "auto",
                                "Worker-axis execution.")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
     "checkpoint_every", 0, "Rounds between checkpoints of each run.")
+_EVAL_EVERY = flags.DEFINE_integer("eval_every", None,
+                                   "Override the preset's evaluation interval.")
+# Shrink (or reshape) the grid, e.g. for a smoke test or one panel of Fig. 4.
+_METHODS = flags.DEFINE_list(
+    "methods", None, "Override the grid's methods (comma-separated; empty:"
+    " only the overlap sweep).")
+_WORKERS = flags.DEFINE_list("workers", None,
+                             "Override the grid's k values (comma-separated).")
+_PERIODS = flags.DEFINE_list("periods", None,
+                             "Override the grid's τ values (comma-separated).")
+_OVERLAP_RATIOS = flags.DEFINE_list(
+    "overlap_ratios", None, "Override the overlap sweep's r values (Fig. 3;"
+    " comma-separated; empty: no sweep).")
 
 flags.mark_flag_as_required("out_dir")
 
@@ -46,9 +67,28 @@ flags.mark_flag_as_required("out_dir")
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # JAX logs e.g. "Unable to initialize backend 'tpu'" at INFO on every
+    # machine without one; keep stderr for errors (--verbosity=0 shows INFO).
+    logging.set_verbosity(logging.WARNING)
   try:
+    if _CHECKPOINT_EVERY.value < 0:
+      raise config_lib.ConfigError(
+          "checkpoint_every must be an integer >= 0, got"
+          f" {_CHECKPOINT_EVERY.value}", "checkpoint_every")
+    lists = {}
+    if _WORKERS.value is not None:
+      lists["workers"] = experiment.parse_ints(_WORKERS.value, "workers")
+    if _PERIODS.value is not None:
+      lists["periods"] = experiment.parse_ints(_PERIODS.value, "periods")
+    if _OVERLAP_RATIOS.value is not None:
+      lists["overlap_ratios"] = experiment.parse_floats(
+          _OVERLAP_RATIOS.value, "overlap_ratios")
+    if _METHODS.value is not None:
+      lists["methods"] = tuple(_METHODS.value)
     preset = grid.customize(grid.PRESETS[_PRESET.value], rounds=_ROUNDS.value,
-                            num_seeds=_NUM_SEEDS.value, model=_MODEL.value)
+                            num_seeds=_NUM_SEEDS.value, model=_MODEL.value,
+                            eval_every=_EVAL_EVERY.value, **lists)
     grid.run_grid(preset, _OUT_DIR.value,
                   base=config_lib.SimConfig(execution=_EXECUTION.value),
                   data_source=_DATA_SOURCE.value, mnist_dir=_MNIST_DIR.value,

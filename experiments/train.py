@@ -15,6 +15,7 @@ import sys
 
 from absl import app
 from absl import flags
+from absl import logging
 
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
@@ -105,7 +106,9 @@ _DATA_SOURCE = flags.DEFINE_enum(
     " set, else a prepared TFDS copy, else the sample).")
 _MNIST_DIR = flags.DEFINE_string(
     "mnist_dir", None, "Folder of the IDX files (or TFDS data_dir).")
-_OUT_DIR = flags.DEFINE_string("out_dir", "runs/train", "Results folder.")
+_OUT_DIR = flags.DEFINE_string(
+    "out_dir", None,
+    "Results folder (default: runs/METHOD_kK_tauT_TIMESTAMP, a new one).")
 _CHECKPOINT_EVERY = flags.DEFINE_integer(
     "checkpoint_every", 0, "Rounds between checkpoints (0: none).")
 _RESUME = flags.DEFINE_bool("resume", False,
@@ -115,6 +118,10 @@ _RESUME = flags.DEFINE_bool("resume", False,
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    # JAX logs e.g. "Unable to initialize backend 'tpu'" at INFO on every
+    # machine without one; keep stderr for errors (--verbosity=0 shows INFO).
+    logging.set_verbosity(logging.WARNING)
   try:
     config = config_lib.SimConfig(
         method=_METHOD.value, model=_MODEL.value,
@@ -134,8 +141,9 @@ def main(argv):
         num_seeds=_NUM_SEEDS.value, seed=_SEED.value,
         eval_every=_EVAL_EVERY.value, train_eval_size=_TRAIN_EVAL_SIZE.value,
         execution=_EXECUTION.value, conv_impl=_CONV_IMPL.value)
+    out_dir = _OUT_DIR.value or experiment.default_out_dir(config)
     experiment.run_experiment(
-        config, _OUT_DIR.value, data_source=_DATA_SOURCE.value,
+        config, out_dir, data_source=_DATA_SOURCE.value,
         mnist_dir=_MNIST_DIR.value, checkpoint_every=_CHECKPOINT_EVERY.value,
         resume=_RESUME.value)
   except experiment.EXPECTED_ERRORS as e:
