@@ -62,7 +62,7 @@ class ResultsDirError(RuntimeError):
 
 
 class Interrupted(RuntimeError):
-  """SIGINT/SIGTERM arrived; a checkpoint was saved first (if enabled)."""
+  """SIGINT/SIGTERM arrived; a checkpoint was saved first."""
 
   def __init__(self, signum: int, rounds_done: int, saved: bool):
     self.signum = signum
@@ -301,9 +301,9 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
     out_dir: the results folder.
     data_source: ``load_mnist``'s source when ``data`` is not given.
     mnist_dir: ``load_mnist``'s data_dir (an IDX or TFDS folder).
-    checkpoint_every: rounds between checkpoints (0: none). Checkpoints are
-      taken at chunk ends, so the interval is rounded up to whole chunks of
-      ``eval_every`` rounds.
+    checkpoint_every: rounds between checkpoints (0: none, except on
+      SIGINT/SIGTERM). Checkpoints are taken at chunk ends, so the interval
+      is rounded up to whole chunks of ``eval_every`` rounds.
     resume: continue the run already in ``out_dir`` from its last checkpoint.
     data: an already loaded dataset (its ``source`` is recorded).
     log: where progress lines go (default: stdout).
@@ -316,7 +316,8 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
       before anything compiles.
     simulator.NonFiniteError: a worker went non-finite; the last checkpoint
       is kept.
-    Interrupted: SIGINT or SIGTERM; a checkpoint was saved if enabled.
+    Interrupted: SIGINT or SIGTERM; a checkpoint of the last whole chunk
+      was saved first (also when ``checkpoint_every`` is 0).
   """
   log = log or (lambda s: print(s, flush=True))
   if not isinstance(checkpoint_every, int) or checkpoint_every < 0:
@@ -360,7 +361,6 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
   rows_written = progress.metrics_rows
   done = progress.rounds_done
   last_saved = done
-  chunks = simulator.chunk_schedule(done, config.rounds, config.eval_every)
   latest_acc = None
   with open(metrics_path, "a") as out, _SignalCatcher() as signals:
     if done == 0:
@@ -370,17 +370,14 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
       rows_written += len(rows)
       latest_acc = float(evals.test_accuracy.mean())
     t0, rounds_at_t0 = time.perf_counter(), done
-    for n in chunks:
-      state, metrics = sim.run_rounds(state, n)
-      sim.check_finite(metrics, done + 1)
-      evals = None
-      if (done + n) % config.eval_every == 0 or done + n == config.rounds:
-        evals = sim.evaluate(state)
+    for done, state, metrics, evals in simulator.iterate_chunks(sim, state,
+                                                                done):
+      if evals is not None:
         latest_acc = float(evals.test_accuracy.mean())
-      rows = _rows(done + 1, metrics, evals, sim.seeds)
+      rows = _rows(done - metrics.train_loss.shape[1] + 1, metrics, evals,
+                   sim.seeds)
       _append(out, rows)
       rows_written += len(rows)
-      done += n
       due = checkpoint_every and done - last_saved >= checkpoint_every
       if ckpt is None and signals.signum is not None:
         # SIGINT/SIGTERM save even when periodic checkpoints are off, so a

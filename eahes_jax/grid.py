@@ -71,7 +71,7 @@ PRESETS = {
                     data_source="sample"),
     # The paper's network on full MNIST, sized for a 2-core CPU in under an
     # hour (the README's results).
-    "cpu": Preset(name="cpu", model="small_cnn", rounds=60, num_seeds=3,
+    "cpu": Preset(name="cpu", model="small_cnn", rounds=40, num_seeds=3,
                   eval_every=10, train_eval_size=5000, data_source="auto"),
     # The paper's setting, for an accelerator: full MNIST, small_cnn.
     "paper": Preset(name="paper", model="small_cnn", rounds=300,
@@ -112,7 +112,7 @@ def customize(preset: Preset, **overrides) -> Preset:
   if changes.get("methods", preset.methods) == () and changes.get(
       "overlap_ratios", preset.overlap_ratios) == ():
     raise config_lib.ConfigError(
-        "methods and overlap_ratios are both empty: nothing to run",
+        "methods and --overlap_ratios are both empty: nothing to run",
         "methods")
   if changes:
     preset = dataclasses.replace(preset, name=f"{preset.name}-custom",

@@ -30,7 +30,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import chex
 import jax
@@ -505,6 +505,36 @@ def chunk_schedule(start_round: int, rounds: int, eval_every: int
   return out
 
 
+def iterate_chunks(sim: Simulation, state: SimState, start_round: int = 0
+                   ) -> Iterator[tuple[int, SimState, RoundMetrics,
+                                       EvalMetrics | None]]:
+  """Runs ``sim`` from ``state`` to its last round, one chunk at a time.
+
+  Args:
+    sim: the simulation.
+    state: its state after ``start_round`` rounds (donated to the first chunk).
+    start_round: rounds already done.
+
+  Yields:
+    ``(rounds_done, state, metrics, evals)`` after every chunk; ``evals`` is
+    the master's evaluation at chunk ends on the ``eval_every`` grid and at
+    the last round, else None.
+
+  Raises:
+    NonFiniteError: as soon as a chunk reports a non-finite quantity.
+  """
+  cfg = sim.config
+  done = start_round
+  for n in chunk_schedule(start_round, cfg.rounds, cfg.eval_every):
+    state, metrics = sim.run_rounds(state, n)
+    sim.check_finite(metrics, done + 1)
+    done += n
+    evals = None
+    if done % cfg.eval_every == 0 or done == cfg.rounds:
+      evals = sim.evaluate(state)
+    yield done, state, metrics, evals
+
+
 def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
         callback: ChunkCallback | None = None) -> History:
   """Runs a configuration over all its seeds and returns the history.
@@ -513,7 +543,7 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
     config: the experiment (validated at construction).
     data: the dataset, e.g. from ``load_mnist``.
     callback: called after every chunk as ``callback(rounds_done, metrics,
-      evals_or_None, state)``, e.g. to print progress or checkpoint.
+      evals_or_None, state)``, e.g. to print progress.
 
   Returns:
     The run's ``History``.
@@ -526,18 +556,10 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
   start = time.perf_counter()
   sim = Simulation(config, data)
   state = sim.init_state()
-  eval_rounds = [0]
-  evals = [sim.evaluate(state)]
-  chunks = []
-  done = 0
-  for n in chunk_schedule(0, sim.config.rounds, sim.config.eval_every):
-    state, metrics = sim.run_rounds(state, n)
-    sim.check_finite(metrics, done + 1)
-    done += n
+  eval_rounds, evals, chunks = [0], [sim.evaluate(state)], []
+  for done, state, metrics, ev in iterate_chunks(sim, state):
     chunks.append(metrics)
-    ev = None
-    if done % sim.config.eval_every == 0 or done == sim.config.rounds:
-      ev = sim.evaluate(state)
+    if ev is not None:
       eval_rounds.append(done)
       evals.append(ev)
     if callback is not None:
