@@ -281,7 +281,10 @@ class _SignalCatcher:
   def _handle(self, signum, frame):
     del frame
     if self.signum is not None:  # A second signal: stop at once.
-      raise KeyboardInterrupt
+      print(f"error: stopped by a second {signal.Signals(signum).name}"
+            " without saving; --resume continues from the last checkpoint",
+            file=sys.stderr, flush=True)
+      sys.exit(130)
     self.signum = signum
 
   def __exit__(self, *exc):
