@@ -426,24 +426,29 @@ def is_complete(out_dir: str) -> bool:
   return os.path.exists(os.path.join(out_dir, SUMMARY_FILE))
 
 
-def parse_floats(values: list[str], field: str) -> tuple[float, ...]:
-  """Parses a list flag of numbers; a ``ConfigError`` names the field."""
+def parse_numbers(values: list[str], field: str, kind: type = float
+                  ) -> tuple[Any, ...]:
+  """Parses a list flag of numbers of ``kind``; a ``ConfigError`` names it."""
   try:
-    return tuple(float(v) for v in values)
+    return tuple(kind(v) for v in values)
   except ValueError:
+    noun = "integers" if kind is int else "numbers"
     raise config_lib.ConfigError(
-        f"{field} must be a comma-separated list of numbers, got"
+        f"{field} must be a comma-separated list of {noun}, got"
         f" {','.join(values)!r}", field) from None
 
 
-def parse_ints(values: list[str], field: str) -> tuple[int, ...]:
-  """Parses a list flag of integers; a ``ConfigError`` names the field."""
-  try:
-    return tuple(int(v) for v in values)
-  except ValueError:
-    raise config_lib.ConfigError(
-        f"{field} must be a comma-separated list of integers, got"
-        f" {','.join(values)!r}", field) from None
+def binary_prologue(argv: list[str]) -> None:
+  """What every experiment binary does first: no stray arguments, and JAX's
+  INFO lines (e.g. "Unable to initialize backend 'tpu'") kept off stderr
+  unless ``--verbosity`` asks for them, so errors stay one line."""
+  from absl import app  # pylint: disable=g-import-not-at-top
+  from absl import flags  # pylint: disable=g-import-not-at-top
+  from absl import logging  # pylint: disable=g-import-not-at-top
+  if len(argv) > 1:
+    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+  if not flags.FLAGS["verbosity"].present:
+    logging.set_verbosity(logging.WARNING)
 
 
 # Failures an experiment binary reports in one line, without a traceback.

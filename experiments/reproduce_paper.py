@@ -21,7 +21,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
@@ -65,12 +64,7 @@ flags.mark_flag_as_required("out_dir")
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    # JAX logs e.g. "Unable to initialize backend 'tpu'" at INFO on every
-    # machine without one; keep stderr for errors (--verbosity=0 shows INFO).
-    logging.set_verbosity(logging.WARNING)
+  experiment.binary_prologue(argv)
   try:
     if _CHECKPOINT_EVERY.value < 0:
       raise config_lib.ConfigError(
@@ -78,11 +72,13 @@ def main(argv):
           f" {_CHECKPOINT_EVERY.value}", "checkpoint_every")
     lists = {}
     if _WORKERS.value is not None:
-      lists["workers"] = experiment.parse_ints(_WORKERS.value, "workers")
+      lists["workers"] = experiment.parse_numbers(_WORKERS.value, "workers",
+                                                  int)
     if _PERIODS.value is not None:
-      lists["periods"] = experiment.parse_ints(_PERIODS.value, "periods")
+      lists["periods"] = experiment.parse_numbers(_PERIODS.value, "periods",
+                                                  int)
     if _OVERLAP_RATIOS.value is not None:
-      lists["overlap_ratios"] = experiment.parse_floats(
+      lists["overlap_ratios"] = experiment.parse_numbers(
           _OVERLAP_RATIOS.value, "overlap_ratios")
     if _METHODS.value is not None:
       lists["methods"] = tuple(_METHODS.value)

@@ -15,7 +15,6 @@ import sys
 
 from absl import app
 from absl import flags
-from absl import logging
 
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
@@ -116,12 +115,7 @@ _RESUME = flags.DEFINE_bool("resume", False,
 
 
 def main(argv):
-  if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  if not flags.FLAGS["verbosity"].present:
-    # JAX logs e.g. "Unable to initialize backend 'tpu'" at INFO on every
-    # machine without one; keep stderr for errors (--verbosity=0 shows INFO).
-    logging.set_verbosity(logging.WARNING)
+  experiment.binary_prologue(argv)
   try:
     config = config_lib.SimConfig(
         method=_METHOD.value, model=_MODEL.value,
@@ -135,7 +129,7 @@ def main(argv):
         straggler_rate=_STRAGGLER_RATE.value,
         straggler_slowdown=_STRAGGLER_SLOWDOWN.value,
         exchange_order=_EXCHANGE_ORDER.value, dw_history=_DW_HISTORY.value,
-        dw_coeffs=experiment.parse_floats(_DW_COEFFS.value, "dw_coeffs"),
+        dw_coeffs=experiment.parse_numbers(_DW_COEFFS.value, "dw_coeffs"),
         dw_threshold=_DW_THRESHOLD.value,
         dw_master_estimate=_DW_MASTER_ESTIMATE.value,
         num_seeds=_NUM_SEEDS.value, seed=_SEED.value,
