@@ -165,3 +165,19 @@ def test_chunk_schedule_ends_on_evaluations():
   assert simulator.chunk_schedule(0, 25, 10) == [10, 10, 5]
   assert simulator.chunk_schedule(10, 25, 10) == [10, 5]
   assert simulator.chunk_schedule(0, 0, 10) == []
+
+
+@pytest.mark.parametrize("model,num_workers", [("small_cnn", 2), ("cnn", 1),
+                                               ("mlp", 64)])
+def test_every_model_and_worker_count_runs(model, num_workers, data):
+  cfg = BASE.replace(method="DEAHES-O", model=model, num_workers=num_workers,
+                     comm_period=1, rounds=2, eval_every=2, batch_size=4,
+                     execution="auto")
+  h = simulator.run(cfg, data)
+  assert h.metrics.worker_loss.shape == (1, 2, num_workers)
+  for v in jax.tree_util.tree_leaves((h.metrics, h.evals)):
+    assert np.all(np.isfinite(v))
+  # Some worker reached the master in two rounds of 1/3 failures (k = 1 may
+  # fail both: (1/3)^2), and the master moved only if one did.
+  moved = not np.allclose(h.evals.test_loss[0, 0], h.evals.test_loss[0, 1])
+  assert moved == bool(h.metrics.connected.any())
