@@ -8,15 +8,26 @@ compute, not learning) with ``failure_rate=0``, so every worker computes all τ
 local steps of every round, and times ``run_rounds``:
 
 * the first call compiles and runs; ``compile_s`` = first − steady;
+* a second call warms up (and is recorded: where the first call's outputs
+  carry other shardings than ``init_state``'s, it compiles again);
 * then ``repeats`` more calls, each waited for with ``block_until_ready``; the
   median is the steady time of ``rounds`` rounds, from which
   ``samples_per_s`` = k · τ · batch · rounds / seconds and ``rounds_per_s``.
 
-Peak memory is the process's peak resident set (``ru_maxrss``) on CPU and the
-device's ``peak_bytes_in_use`` where the backend reports it. Both are
-high-water marks of the whole process, so they are per case only when each
-case runs in its own process (``isolate=True``, the command line's default);
-in-process rows carry ``memory_scope="process_so_far"``.
+The families of one model × execution × k are timed side by side, their calls
+alternating, so that other processes' load on a shared CPU falls on both
+alike: timing them one after another let a load change between the two skew
+the ratio (a measured 2.6 that was 1.8 when interleaved). Each call's process
+CPU time (all threads) is recorded too; it is less sensitive to that load than
+wall time.
+
+Memory: ``program_bytes`` is XLA's plan for the compiled chunk (arguments +
+outputs − donated + temporaries), exact per case. ``peak_memory_bytes`` is the
+process's peak resident set (``ru_maxrss``) on CPU, or the device's
+``peak_bytes_in_use`` where the backend reports it; it is a high-water mark of
+the whole process, so it covers one group only when each group runs in its own
+process (``isolate=True``, the command line's default); in-process rows carry
+``memory_scope="process_so_far"``.
 
 The AdaHessian/SGD step-cost ratio of a model × execution × k is the SGD
 case's samples/s over the AdaHessian case's: how many SGD rounds one
@@ -35,7 +46,7 @@ import resource
 import statistics
 import sys
 import time
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -141,80 +152,132 @@ def peak_memory() -> tuple[int | None, str]:
   return int(rss * scale), "process_peak_rss"
 
 
-def measure(case: Case, data: data_lib.MNIST | None = None) -> dict[str, Any]:
-  """Times one case; see the module docstring for the method.
+def _program_bytes(sim: simulator.Simulation, state: simulator.SimState,
+                   rounds: int) -> int | None:
+  """Bytes XLA plans for the compiled chunk: arguments + outputs − aliased
+  (donated) + temporaries; ``None`` where the backend does not say."""
+  try:
+    # Lowering the cached jit again hits its compilation cache: no compile.
+    compiled = sim._chunk_fn(rounds).lower(  # pylint: disable=protected-access
+        state, sim._worker_idx, sim.data).compile()  # pylint: disable=protected-access
+    m = compiled.memory_analysis()
+    return int(m.argument_size_in_bytes + m.output_size_in_bytes
+               - m.alias_size_in_bytes + m.temp_size_in_bytes)
+  except Exception:  # pylint: disable=broad-except
+    return None
+
+
+def measure_group(cases: Sequence[Case],
+                  data: data_lib.MNIST | None = None) -> list[dict[str, Any]]:
+  """Times cases side by side; see the module docstring for the method.
+
+  Every case is compiled and run once first; then the timed calls alternate
+  between the cases (case 1, case 2, ..., case 1, ...), so that a change in
+  the machine's load during the measurement (other processes on a shared CPU)
+  affects all of them alike and their ratio stays fair.
 
   Args:
-    case: what to run.
+    cases: cases to compare, usually one model × execution × k for each
+      method family.
     data: the dataset; default ``synthetic_mnist()``.
 
   Returns:
-    A JSON-friendly dict: the case's fields, the method and backend,
-    ``first_call_s``, ``steady_s`` (median seconds of ``rounds`` rounds),
-    ``steady_all_s`` (every timed call), ``compile_s``, ``samples_per_s``,
-    ``rounds_per_s``, ``peak_memory_bytes`` and ``memory_kind``.
+    One JSON-friendly dict per case: the case's fields, the method and
+    backend, ``first_call_s``, ``second_call_s`` (untimed warm-up; a second
+    compile shows here), ``steady_s`` (median seconds of ``rounds``
+    rounds), ``steady_all_s`` (every timed call), ``cpu_s`` (median process
+    CPU seconds of a timed call, all threads: less sensitive to other
+    processes' load than wall time), ``compile_s`` (first − steady),
+    ``samples_per_s``, ``rounds_per_s``, ``program_bytes`` (XLA's plan for
+    the compiled chunk), ``peak_memory_bytes`` and ``memory_kind`` (the
+    process's high-water mark when the group finished).
 
   Raises:
     ValueError: for an invalid case, including a sharded case whose k is not a
-      multiple of the device count.
+      multiple of the device count (raised before anything compiles).
   """
-  config = case_config(case)
   data = synthetic_mnist() if data is None else data
-  sim = simulator.Simulation(config, data)
-  state = jax.block_until_ready(sim.init_state())
-
-  start = time.perf_counter()
-  state, _ = sim.run_rounds(state, case.rounds)
-  jax.block_until_ready(state)
-  first = time.perf_counter() - start
-
-  times = []
-  for _ in range(case.repeats):
+  runs = []
+  for case in cases:
+    sim = simulator.Simulation(case_config(case), data)
+    state = jax.block_until_ready(sim.init_state())
     start = time.perf_counter()
     state, _ = sim.run_rounds(state, case.rounds)
     jax.block_until_ready(state)
-    times.append(time.perf_counter() - start)
-  steady = statistics.median(times)
-  samples = (case.num_workers * case.comm_period * case.batch_size
-             * case.rounds)
+    first = time.perf_counter() - start
+    # One untimed call more: the first call's outputs can carry other
+    # shardings than init_state's (execution="sharded"), which costs a second
+    # compile; recorded so that it shows, but kept out of the steady time.
+    start = time.perf_counter()
+    state, _ = sim.run_rounds(state, case.rounds)
+    jax.block_until_ready(state)
+    runs.append({"case": case, "sim": sim, "state": state, "first": first,
+                 "second": time.perf_counter() - start, "wall": [],
+                 "cpu": []})
+  for _ in range(max(c.repeats for c in cases)):
+    for run in runs:
+      if len(run["wall"]) >= run["case"].repeats:
+        continue
+      wall0, cpu0 = time.perf_counter(), time.process_time()
+      run["state"], _ = run["sim"].run_rounds(run["state"], run["case"].rounds)
+      jax.block_until_ready(run["state"])
+      run["wall"].append(time.perf_counter() - wall0)
+      run["cpu"].append(time.process_time() - cpu0)
   mem, mem_kind = peak_memory()
-  return {
-      **dataclasses.asdict(case),
-      "method": case.method,
-      "execution": sim.strategy,
-      "conv_impl_resolved": (None if case.model == "mlp"
-                             else getattr(sim.model, "conv_impl", None)),
-      "backend": jax.default_backend(),
-      "num_devices": jax.device_count(),
-      "first_call_s": first,
-      "steady_s": steady,
-      "steady_all_s": times,
-      "compile_s": max(first - steady, 0.0),
-      "samples_per_s": samples / steady,
-      "rounds_per_s": case.rounds / steady,
-      "peak_memory_bytes": mem,
-      "memory_kind": mem_kind,
-  }
+  rows = []
+  for run in runs:
+    case, sim = run["case"], run["sim"]
+    steady = statistics.median(run["wall"])
+    samples = (case.num_workers * case.comm_period * case.batch_size
+               * case.rounds)
+    rows.append({
+        **dataclasses.asdict(case),
+        "method": case.method,
+        "execution": sim.strategy,
+        "conv_impl_resolved": (None if case.model == "mlp"
+                               else getattr(sim.model, "conv_impl", None)),
+        "backend": jax.default_backend(),
+        "num_devices": jax.device_count(),
+        "first_call_s": run["first"],
+        "second_call_s": run["second"],
+        "steady_s": steady,
+        "steady_all_s": run["wall"],
+        "cpu_s": statistics.median(run["cpu"]),
+        "compile_s": max(run["first"] - steady, 0.0),
+        "samples_per_s": samples / steady,
+        "rounds_per_s": case.rounds / steady,
+        "program_bytes": _program_bytes(sim, run["state"], case.rounds),
+        "peak_memory_bytes": mem,
+        "memory_kind": mem_kind,
+    })
+  return rows
 
 
-def _measure_isolated(case: Case) -> dict[str, Any]:
+def measure(case: Case, data: data_lib.MNIST | None = None) -> dict[str, Any]:
+  """Times one case alone (``measure_group`` of one case)."""
+  return measure_group([case], data)[0]
+
+
+def _measure_group_isolated(cases: Sequence[Case]) -> list[dict[str, Any]]:
   # Top-level so that a spawned process can import it.
-  row = measure(case)
-  row["memory_scope"] = "case"
-  return row
+  rows = measure_group(cases)
+  for row in rows:
+    row["memory_scope"] = "group"
+  return rows
 
 
 def add_step_cost_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   """The AdaHessian/SGD step-cost ratio of every matching pair of rows.
 
   Args:
-    rows: results of ``measure`` (rows with an ``"error"`` are ignored).
+    rows: results of ``measure_group`` (rows with an ``"error"`` are ignored).
 
   Returns:
     One dict per model × execution × k × τ × batch measured with both
-    families: ``sgd_samples_per_s``, ``adahessian_samples_per_s`` and
-    ``ratio`` = SGD samples/s over AdaHessian samples/s. Each AdaHessian row
-    also gets ``step_cost_ratio``.
+    families: ``sgd_samples_per_s``, ``adahessian_samples_per_s``, ``ratio``
+    = SGD samples/s over AdaHessian samples/s (wall time) and ``cpu_ratio``
+    (the same from process CPU time). Each AdaHessian row also gets
+    ``step_cost_ratio`` (= ``ratio``).
   """
   def match_key(r):
     return (r["model"], r["execution"], r["num_workers"], r["comm_period"],
@@ -239,18 +302,34 @@ def add_step_cost_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         "sgd_samples_per_s": sgd["samples_per_s"],
         "adahessian_samples_per_s": ada["samples_per_s"],
         "ratio": ratio,
+        "cpu_ratio": (ada["cpu_s"] / sgd["cpu_s"] if sgd.get("cpu_s")
+                      else None),
     })
   return ratios
 
 
-def make_cases(families: Sequence[str] = ("sgd", "adahessian"),
+def make_cases(families: Sequence[str] = tuple(FAMILIES),
                models: Sequence[str] = ("small_cnn", "cnn"),
                executions: Sequence[str] = execution_lib.STRATEGIES,
                workers: Sequence[int] = WORKERS,
                *,
                skip: Sequence[str] = (),
                **case_kwargs: Any) -> list[Case]:
-  """The grid of cases, less those whose ``model:execution:k`` is in skip."""
+  """The grid of cases, less those whose ``model:execution:k`` is in skip.
+
+  Args:
+    families: method families (``FAMILIES`` keys) or method names.
+    models: model names.
+    executions: ``"map"``, ``"vmap"``, ``"sharded"`` (or ``"auto"``).
+    workers: values of k.
+    skip: ``"model:execution:k"`` keys to leave out.
+    **case_kwargs: further ``Case`` fields (comm_period, batch_size, rounds,
+      repeats, conv_impl).
+
+  Returns:
+    The cases, ordered so that a model × execution × k's families are
+    adjacent (``run_benchmark`` times them side by side).
+  """
   for e in executions:
     execution_lib.resolve_strategy(e)
   cases = []
@@ -259,24 +338,39 @@ def make_cases(families: Sequence[str] = ("sgd", "adahessian"),
       for k in workers:
         for family in families:
           case = Case(family, model, execution, int(k), **case_kwargs)
+          case_config(case)  # Validates before anything runs.
           if case.key not in skip:
             cases.append(case)
   return cases
 
 
+def _groups(cases: Sequence[Case]) -> list[list[Case]]:
+  """Cases that differ only in their family, in order of first appearance."""
+  groups: dict[Any, list[Case]] = {}
+  for case in cases:
+    key = dataclasses.replace(case, family="")
+    groups.setdefault(key, []).append(case)
+  return list(groups.values())
+
+
 def run_benchmark(cases: Sequence[Case], *, isolate: bool = False,
-                  progress: Any = None) -> dict[str, Any]:
+                  progress: Callable[[dict[str, Any]], None] | None = None
+                  ) -> dict[str, Any]:
   """Measures every case and the step-cost ratios.
+
+  Cases that differ only in their method family form a group and are timed
+  side by side (``measure_group``).
 
   Args:
     cases: from ``make_cases``.
-    isolate: run each case in a fresh process, so that compiles do not
-      accumulate and peak memory is the case's own. Sharded cases whose k
-      does not divide the device count are recorded with an ``"error"``.
+    isolate: run each group in a fresh process, so that compiled programs do
+      not accumulate and the peak memory is the group's own.
     progress: called with each finished row (e.g. to print it).
 
   Returns:
-    ``{"environment": ..., "rows": [...], "ratios": [...]}``.
+    ``{"environment": ..., "rows": [...], "ratios": [...]}``. A group that
+    cannot run (a sharded k that is not a multiple of the device count) gets
+    rows with an ``"error"`` message instead of timings.
   """
   env = environment()
   rows = []
@@ -286,19 +380,21 @@ def run_benchmark(cases: Sequence[Case], *, isolate: bool = False,
         max_workers=1, mp_context=multiprocessing.get_context("spawn"),
         max_tasks_per_child=1)
   try:
-    for case in cases:
+    for group in _groups(cases):
       try:
         if pool is not None:
-          row = pool.submit(_measure_isolated, case).result()
+          group_rows = pool.submit(_measure_group_isolated, group).result()
         else:
-          row = measure(case)
-          row["memory_scope"] = "process_so_far"
+          group_rows = measure_group(group)
+          for row in group_rows:
+            row["memory_scope"] = "process_so_far"
       except ValueError as e:
-        row = {**dataclasses.asdict(case), "method": case.method,
-               "error": str(e)}
-      rows.append(row)
-      if progress is not None:
-        progress(row)
+        group_rows = [{**dataclasses.asdict(c), "method": c.method,
+                       "error": str(e)} for c in group]
+      for row in group_rows:
+        rows.append(row)
+        if progress is not None:
+          progress(row)
   finally:
     if pool is not None:
       pool.shutdown()
@@ -309,7 +405,7 @@ def run_benchmark(cases: Sequence[Case], *, isolate: bool = False,
 
 def _load_average() -> list[float] | None:
   try:
-    return list(os.getloadavg())
+    return [round(x, 2) for x in os.getloadavg()]
   except OSError:
     return None
 
@@ -336,27 +432,32 @@ def _fmt(x: float | None, spec: str) -> str:
 
 
 def format_table(result: dict[str, Any]) -> str:
-  """The rows and ratios of ``run_benchmark`` as plain-text tables."""
+  """The rows of ``run_benchmark`` as a plain-text table."""
   header = (f"{'method':<7} {'model':<9} {'exec':<7} {'k':>3} {'tau':>3}"
             f" {'batch':>5} {'samples/s':>10} {'rounds/s':>9}"
-            f" {'compile s':>9} {'peak MiB':>8} {'ada/sgd':>7}")
+            f" {'cpu ms/rnd':>10} {'compile s':>9} {'prog MiB':>8}"
+            f" {'peak MiB':>8} {'ada/sgd':>7}")
   lines = [header, "-" * len(header)]
+  mib = lambda b: None if b is None else b / 2**20
   for r in result["rows"]:
     prefix = (f"{r['method']:<7} {r['model']:<9} {r['execution']:<7}"
               f" {r['num_workers']:>3} {r['comm_period']:>3}"
               f" {r['batch_size']:>5}")
     if "error" in r:
-      lines.append(f"{prefix}  skipped: {r['error']}")
+      lines.append(f"{prefix}  not run: {r['error']}")
       continue
-    mem = r["peak_memory_bytes"]
     lines.append(
         f"{prefix} {_fmt(r['samples_per_s'], '10,.0f')}"
-        f" {_fmt(r['rounds_per_s'], '9.2f')} {_fmt(r['compile_s'], '9.2f')}"
-        f" {_fmt(None if mem is None else mem / 2**20, '8.0f')}"
+        f" {_fmt(r['rounds_per_s'], '9.2f')}"
+        f" {_fmt(1e3 * r['cpu_s'] / r['rounds'], '10.1f')}"
+        f" {_fmt(r['compile_s'], '9.2f')}"
+        f" {_fmt(mib(r['program_bytes']), '8.1f')}"
+        f" {_fmt(mib(r['peak_memory_bytes']), '8.0f')}"
         f" {_fmt(r.get('step_cost_ratio'), '7.2f')}")
   env = result["environment"]
   lines.append(
       f"backend {env['backend']} ({env['device_kind']}, {env['num_devices']}"
-      f" device(s), {env['cpu_count']} CPUs); load average"
-      f" {env['load_average_start']} -> {env.get('load_average_end')}")
+      f" device(s), {env['cpu_count']} CPUs, jax {env['jax_version']});"
+      f" load average {env['load_average_start']} ->"
+      f" {env.get('load_average_end')}")
   return "\n".join(lines)

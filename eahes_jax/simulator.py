@@ -256,14 +256,19 @@ class Simulation:
   advances it by whole rounds in one jitted scan, ``evaluate`` scores the
   master. ``run`` strings them together; experiment binaries drive them
   directly to checkpoint between chunks.
+
+  With ``execution="sharded"`` the workers are laid over a 1-D mesh of
+  ``devices`` (default: every device JAX sees); k must be a multiple of their
+  number, checked here, before anything compiles.
   """
 
-  def __init__(self, config: config_lib.SimConfig, data: data_lib.MNIST):
+  def __init__(self, config: config_lib.SimConfig, data: data_lib.MNIST,
+               *, devices: Any = None):
     config = config.resolve()
     self.config = config
     self.method = config.method_spec
     self.strategy = execution_lib.resolve_strategy(config.execution)
-    self.mesh = (execution_lib.worker_mesh(config.num_workers)
+    self.mesh = (execution_lib.worker_mesh(config.num_workers, devices)
                  if self.strategy == "sharded" else None)
     self.seeds = np.arange(config.seed, config.seed + config.num_seeds)
     self.model = make_model(config)
