@@ -1,0 +1,156 @@
+r"""Throughput of the simulator per method family, model, execution and k.
+
+For each method family (SGD-based: EASGD; AdaHessian-based: EAHES) × model ×
+worker-axis execution (map, vmap, sharded) × number of workers k, measures
+steady-state samples/s and rounds/s, the first call's compile time, XLA's
+planned program memory and the process's peak memory, and the AdaHessian/SGD
+step-cost ratio; prints a table and optionally writes JSON. The method is
+`eahes_jax.benchmarking` (synthetic MNIST-shaped data, no failures, the two
+families of each model × execution × k timed in alternation, each group in a
+fresh process).
+
+Usage:
+
+  python -m experiments.benchmark --json_out=bench.json   # the default grid
+  python -m experiments.benchmark --models=small_cnn --executions=map,vmap \
+      --workers=8 --rounds=20 --repeats=5                 # the issue's target
+  python -m experiments.benchmark --smoke                 # seconds; for tests
+
+The default grid is small_cnn and cnn × map, vmap, sharded × k in {1, 4, 8,
+32}, less --skip: on CPU, cnn with vmap/sharded at k = 32 (a grouped 1.2M-
+parameter CNN step over 32 workers: ~25 s per AdaHessian round and ~8 GiB
+there). It took 15 minutes on an otherwise idle 2-core CPU. `--rounds`
+defaults per model (mlp 20, small_cnn 10, cnn 2 rounds per timed call).
+`sharded` uses every device JAX sees (one on a plain CPU: a mesh of one); a k
+that is not a multiple of the device count is reported as not run. Set
+XLA_FLAGS in the environment to try compiler flags; the JSON records them,
+the load average (other processes skew CPU timings) and the hardware.
+"""
+
+import json
+from collections.abc import Sequence
+
+from absl import app
+from absl import flags
+import jax
+
+from eahes_jax import benchmarking
+from eahes_jax import config as config_lib
+from eahes_jax import execution as execution_lib
+
+# Rounds per timed call when --rounds is not given: about a second or more of
+# work per call on a 2-core CPU at k = 8.
+DEFAULT_ROUNDS = {"mlp": 20, "small_cnn": 10, "cnn": 2}
+
+SMOKE_SETTINGS = {
+    "models": ("mlp",), "executions": ("map", "vmap"), "workers": (1, 2),
+    "rounds": 2, "repeats": 2, "batch_size": 16,
+}
+
+
+def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
+  """The benchmark's cases from the parsed flags (smoke settings win)."""
+  if fv.smoke:
+    return benchmarking.make_cases(
+        fv.methods, SMOKE_SETTINGS["models"], SMOKE_SETTINGS["executions"],
+        SMOKE_SETTINGS["workers"], comm_period=fv.comm_period,
+        batch_size=SMOKE_SETTINGS["batch_size"],
+        rounds=SMOKE_SETTINGS["rounds"], repeats=SMOKE_SETTINGS["repeats"],
+        conv_impl=fv.conv_impl)
+  skip = fv.skip
+  if skip is None:
+    skip = (benchmarking.DEFAULT_CPU_SKIP if jax.default_backend() == "cpu"
+            else ())
+  cases = []
+  for model in fv.models:
+    cases += benchmarking.make_cases(
+        fv.methods, [model], fv.executions, [int(k) for k in fv.workers],
+        skip=skip, comm_period=fv.comm_period, batch_size=fv.batch_size,
+        rounds=fv.rounds or DEFAULT_ROUNDS[model], repeats=fv.repeats,
+        conv_impl=fv.conv_impl)
+  return cases
+
+
+def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Defines the command-line flags of this script in `flag_values`.
+
+  Flags are defined only when the script runs (or a test asks for them), not
+  on import, so that importing several experiment modules in one process
+  cannot collide on common names such as --batch_size.
+
+  Args:
+    flag_values: the registry to define them in.
+  """
+  fv = flag_values
+  flags.DEFINE_list("methods", list(benchmarking.FAMILIES),
+                    "Method families (sgd: EASGD, adahessian: EAHES) or"
+                    " method names.", flag_values=fv)
+  flags.DEFINE_list("models", ["small_cnn", "cnn"], "Models.", flag_values=fv)
+  flags.DEFINE_list("executions", list(execution_lib.STRATEGIES),
+                    "Worker-axis executions: map, vmap, sharded.",
+                    flag_values=fv)
+  flags.DEFINE_list("workers", [str(k) for k in benchmarking.WORKERS],
+                    "Numbers of workers k.", flag_values=fv)
+  flags.DEFINE_list("skip", None,
+                    "model:execution:k cases to leave out (default on CPU: "
+                    + ",".join(benchmarking.DEFAULT_CPU_SKIP) + "; none"
+                    " elsewhere). Pass --skip= to run everything.",
+                    flag_values=fv)
+  flags.DEFINE_integer("comm_period", 1, "τ, local steps per round.",
+                       flag_values=fv)
+  flags.DEFINE_integer("batch_size", 64, "Minibatch per worker and step.",
+                       flag_values=fv)
+  flags.DEFINE_integer("rounds", None,
+                       "Rounds per timed call (default per model: "
+                       + ", ".join(f"{m} {r}" for m, r in
+                                   DEFAULT_ROUNDS.items()) + ").",
+                       flag_values=fv)
+  flags.DEFINE_integer("repeats", 3,
+                       "Timed calls after the compiling one; the median is"
+                       " reported.", flag_values=fv)
+  flags.DEFINE_enum("conv_impl", "auto", list(config_lib.CONV_IMPLS),
+                    "Convolution formulation of the CNNs (auto: im2col on"
+                    " CPU, xla elsewhere).", flag_values=fv)
+  flags.DEFINE_bool("isolate", True,
+                    "Run each model × execution × k in a fresh process (peak"
+                    " memory per group; compiled programs do not pile up).",
+                    flag_values=fv)
+  flags.DEFINE_string("json_out", None, "Write the results here as JSON.",
+                      flag_values=fv)
+  flags.DEFINE_bool("smoke", False,
+                    "Tiny run: mlp, k in {1, 2}, map and vmap, 2 rounds, in"
+                    " process; for tests.", flag_values=fv)
+
+
+def main(argv: Sequence[str],
+         flag_values: flags.FlagValues = flags.FLAGS) -> None:
+  """Runs the benchmark configured by `flag_values`; prints and saves it."""
+  if len(argv) > 1:
+    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+  fv = flag_values
+  try:
+    cases = cases_from_flags(fv)
+  except (ValueError, KeyError) as e:
+    raise app.UsageError(str(e)) from e
+
+  def progress(row):
+    if "error" in row:
+      print(f"{row['method']} {row['model']} {row['execution']}"
+            f" k={row['num_workers']}: not run: {row['error']}", flush=True)
+    else:
+      print(f"{row['method']} {row['model']} {row['execution']}"
+            f" k={row['num_workers']}: {row['samples_per_s']:,.0f} samples/s,"
+            f" compile {row['compile_s']:.1f} s", flush=True)
+
+  result = benchmarking.run_benchmark(
+      cases, isolate=fv.isolate and not fv.smoke, progress=progress)
+  print(benchmarking.format_table(result))
+  if fv.json_out:
+    with open(fv.json_out, "w") as f:
+      json.dump(result, f, indent=2)
+    print(f"wrote {fv.json_out}")
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main)
