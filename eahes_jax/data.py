@@ -401,6 +401,21 @@ def load_mnist(source: str = "auto", data_dir: str | None = None) -> MNIST:
 # Data overlap (paper §V-A).
 
 
+def synthetic_mnist(n_train: int = 4096, n_test: int = 256,
+                    seed: int = 0) -> MNIST:
+  """Random standard-normal images and uniform labels shaped like MNIST.
+
+  For benchmarks and engine tests, where what matters is shapes, not digits.
+  """
+  rng = np.random.default_rng(seed)
+  return MNIST(
+      train_images=rng.normal(size=(n_train, 28, 28, 1)).astype(np.float32),
+      train_labels=rng.integers(0, 10, n_train).astype(np.int32),
+      test_images=rng.normal(size=(n_test, 28, 28, 1)).astype(np.float32),
+      test_labels=rng.integers(0, 10, n_test).astype(np.int32),
+      source="synthetic")
+
+
 def overlap_partition(num_examples: int, num_workers: int,
                       overlap_ratio: float,
                       seed: int) -> tuple[np.ndarray, np.ndarray]:

@@ -20,7 +20,6 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import experiment
 from eahes_jax import methods
-from eahes_jax import simulator
 
 _D = config_lib.SimConfig()
 

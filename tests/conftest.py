@@ -25,7 +25,6 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 
-import numpy as np
 import pytest
 
 from eahes_jax import data as data_lib
@@ -46,13 +45,7 @@ def mnist_dir() -> pathlib.Path | None:
 def tiny_mnist(n_train: int = 256, n_test: int = 128,
                seed: int = 0) -> data_lib.MNIST:
   """A small random dataset shaped like MNIST, for engine tests."""
-  rng = np.random.default_rng(seed)
-  return data_lib.MNIST(
-      train_images=rng.normal(size=(n_train, 28, 28, 1)).astype(np.float32),
-      train_labels=rng.integers(0, 10, n_train).astype(np.int32),
-      test_images=rng.normal(size=(n_test, 28, 28, 1)).astype(np.float32),
-      test_labels=rng.integers(0, 10, n_test).astype(np.int32),
-      source="synthetic")
+  return data_lib.synthetic_mnist(n_train, n_test, seed)
 
 
 @pytest.fixture(scope="session")
