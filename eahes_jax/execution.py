@@ -76,6 +76,33 @@ def shard_workers(tree: Any, mesh: Mesh) -> Any:
       lambda x: lax.with_sharding_constraint(x, sharding), tree)
 
 
+def state_shardings(tree: Any, mesh: Mesh, num_workers: int,
+                    batch_dims: int = 0) -> Any:
+  """Shardings that lay a state's worker axis over the mesh.
+
+  A leaf whose axis ``batch_dims`` has size k is split over the ``"workers"``
+  mesh axis; every other leaf is replicated. Giving the initial state and
+  every chunk's output these shardings keeps the jitted chunk from compiling
+  a second time for differently laid-out inputs.
+
+  Args:
+    tree: the state (arrays or shape-dtype structs).
+    mesh: the worker mesh.
+    num_workers: k.
+    batch_dims: leading axes before the worker axis (1 for a seed axis).
+
+  Returns:
+    A tree of ``NamedSharding`` matching ``tree``.
+  """
+  def one(x):
+    spec = [None] * batch_dims
+    if x.ndim > batch_dims and x.shape[batch_dims] == num_workers:
+      spec.append(WORKER_AXIS)
+    return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree_util.tree_map(one, tree)
+
+
 def map_workers(fn: Callable[..., Any], strategy: str,
                 mesh: Mesh | None = None) -> Callable[..., Any]:
   """Maps ``fn`` over the leading axis of all its (positional) arguments.

@@ -319,7 +319,20 @@ class Simulation:
 
   def init_state(self) -> SimState:
     """The initial state of every seed, stacked on a leading seed axis."""
-    return self._init(jnp.asarray(self.seeds, jnp.uint32))
+    state = self._init(jnp.asarray(self.seeds, jnp.uint32))
+    if self.mesh is not None:
+      state = jax.device_put(state, execution_lib.state_shardings(
+          state, self.mesh, self.config.num_workers, batch_dims=1))
+    return state
+
+  def _constrain(self, state: SimState) -> SimState:
+    """Pins a (per-seed) state to the worker mesh, for ``sharded``."""
+    if self.mesh is None:
+      return state
+    return jax.tree_util.tree_map(
+        jax.lax.with_sharding_constraint, state,
+        execution_lib.state_shardings(state, self.mesh,
+                                      self.config.num_workers))
 
   # ---------------------------------------------------------------- round --
   def _local_steps(self, params, opt_state, key, worker_idx, num_steps, data):
@@ -408,8 +421,10 @@ class Simulation:
     if length not in self._chunks:
 
       def chunk(state, worker_idx, data):
-        return jax.lax.scan(lambda s, _: self._round(s, worker_idx, data),
-                            state, None, length=length)
+        state, metrics = jax.lax.scan(
+            lambda s, _: self._round(s, worker_idx, data),
+            self._constrain(state), None, length=length)
+        return self._constrain(state), metrics
 
       self._chunks[length] = jax.jit(
           jax.vmap(chunk, in_axes=(0, 0, None)), donate_argnums=0)

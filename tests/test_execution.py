@@ -83,6 +83,15 @@ for name, config, devices in [
                                     if jax.dtypes.issubdtype(
                                         leaf.dtype, jax.dtypes.prng_key)
                                     else leaf)
+  # A second chunk reuses the first one's executable (no backend compile):
+  # the initial state is laid out as the chunk lays out its output.
+  compiles = []
+  jax.monitoring.register_event_duration_secs_listener(
+      lambda event, secs, **kw: compiles.append(event)
+      if event == "/jax/core/compile/backend_compile_duration" else None)
+  sim.run_rounds(state, config.rounds)
+  out[name + "_recompiles"] = np.array(len(compiles))
+  jax.monitoring.clear_event_listeners()
 errors = []
 for k, devices in [(6, jax.devices()[:4]), (6, None)]:
   try:
@@ -120,6 +129,8 @@ def test_sharded_equals_vmap(sharded_results, mesh):
                                err_msg=f"leaf {i}")
   # The workers really were laid over the mesh's devices.
   assert int(r[f"{mesh}_devices"]) == int(mesh[4:])
+  # The second chunk compiled nothing.
+  assert int(r[f"{mesh}_recompiles"]) == 0
 
 
 def test_sharded_rejects_k_not_divisible_by_devices(sharded_results):
