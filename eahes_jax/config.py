@@ -7,15 +7,22 @@ import json
 import math
 from typing import Any
 
+from eahes_jax import elastic
+from eahes_jax import execution
+from eahes_jax import failures
 from eahes_jax import methods as methods_lib
+from eahes_jax import models
+from eahes_jax import weighting
 
-MODELS = ("mlp", "small_cnn", "cnn")
+# The allowed values come from the modules that implement them; "auto" picks
+# per backend at run time.
+MODELS = tuple(models.MODELS)
 FAILURE_MODELS = ("none", "bernoulli", "bursty")
-FAILURE_MODES = ("disconnect", "crash")
-EXCHANGE_ORDERS = ("sequential", "parallel")
-MASTER_ESTIMATES = ("exact", "peer_mean")
-EXECUTIONS = ("auto", "vmap", "map", "sharded")
-CONV_IMPLS = ("auto", "xla", "im2col")
+FAILURE_MODES = failures.MODES
+EXCHANGE_ORDERS = elastic.ORDERS
+MASTER_ESTIMATES = weighting.MASTER_ESTIMATES
+EXECUTIONS = ("auto",) + execution.STRATEGIES
+CONV_IMPLS = ("auto",) + models.CONV_IMPLS
 
 
 class ConfigError(ValueError):

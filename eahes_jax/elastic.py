@@ -23,7 +23,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-_ORDERS = ("sequential", "parallel")
+ORDERS = ("sequential", "parallel")
 
 # Floor on the squared distance before taking the log: the smallest normal
 # float32. It keeps u = log‖θ_i − θ_m‖ finite (≈ −43.7) when a worker equals
@@ -222,8 +222,8 @@ def exchange(workers: chex.ArrayTree,
     ValueError: unknown `order`, missing `key` for "sequential", or shapes that
       do not match.
   """
-  if order not in _ORDERS:
-    raise ValueError(f"order must be one of {_ORDERS}, got {order!r}")
+  if order not in ORDERS:
+    raise ValueError(f"order must be one of {ORDERS}, got {order!r}")
   if order == "sequential" and key is None:
     raise ValueError("key must be given for order='sequential', got None")
 

@@ -23,11 +23,13 @@ import sys
 import time
 from typing import Any, Callable, TextIO
 
+import jax
 import numpy as np
 
 from eahes_jax import checkpoint as checkpoint_lib
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
+from eahes_jax import execution as execution_lib
 from eahes_jax import simulator
 
 CONFIG_FILE = "config.json"
@@ -127,7 +129,6 @@ def check_execution(config: config_lib.SimConfig) -> None:
     config.ConfigError: ``sharded`` with a k the device mesh cannot hold
       (named after ``num_workers``), before any data is loaded or compiled.
   """
-  from eahes_jax import execution as execution_lib  # pylint: disable=g-import-not-at-top
   if execution_lib.resolve_strategy(config.execution) != "sharded":
     return
   try:
@@ -258,7 +259,6 @@ def read_metrics(out_dir: str) -> list[dict[str, Any]]:
 
 
 def _state_bytes(state: Any) -> int:
-  import jax  # pylint: disable=g-import-not-at-top
   return sum(x.size * x.dtype.itemsize
              for x in jax.tree_util.tree_leaves(state))
 
@@ -399,10 +399,9 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
       if signals.signum is not None:
         raise Interrupted(signals.signum, done, ckpt is not None)
 
-  final = [r for r in read_metrics(out_dir) if r["round"] == config.rounds]
-  final.sort(key=lambda r: r["seed"])
-  if config.rounds == 0:
-    final = [r for r in read_metrics(out_dir) if r["round"] == 0]
+  # Rows of the last round (round 0's evaluation when rounds is 0).
+  final = sorted((r for r in read_metrics(out_dir)
+                  if r["round"] == config.rounds), key=lambda r: r["seed"])
   summary = RunSummary(
       method=config.method, num_workers=config.num_workers,
       comm_period=config.comm_period, rounds=config.rounds,

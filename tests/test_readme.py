@@ -14,7 +14,7 @@ def _example() -> str:
   return m.group(1)
 
 
-def test_composing_example_runs_and_learns(capsys):
+def test_composing_example_runs(capsys):
   # The example as printed, shrunk to a tiny model and few rounds so it runs
   # in seconds; everything else is executed verbatim.
   code = _example()
