@@ -51,6 +51,7 @@ METRIC_COLUMNS = (
     "h_master",         # per worker: the master's pull toward it (h2)
     "connected",        # per worker: reached the master this round
     "log_distance",     # per worker: u = log‖θ_i − θ_m‖ before the exchange
+    "log_distance_after",  # per worker: log‖θ_i − θ_m‖ after the exchange
     "score",            # per worker: the dynamic raw score a (eq. 10)
     "local_steps",      # per worker: local steps computed this round
 )
@@ -215,7 +216,8 @@ def _rows(first_round: int, metrics: simulator.RoundMetrics,
              "train_loss": None, "test_loss": None, "test_accuracy": None}
       if last and evals is not None:
         row.update(_eval_columns(evals, s))
-      for name in ("h_worker", "h_master", "log_distance", "score"):
+      for name in ("h_worker", "h_master", "log_distance",
+                   "log_distance_after", "score"):
         row[name] = [float(v) for v in getattr(metrics, name)[s, r]]
       row["connected"] = [bool(v) for v in metrics.connected[s, r]]
       row["local_steps"] = [int(v) for v in metrics.local_steps[s, r]]

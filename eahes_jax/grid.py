@@ -209,6 +209,14 @@ def run_grid(preset: Preset, out_dir: str, *,
   return summaries
 
 
+# Preset fields that select which runs a grid holds. Each run lives in its own
+# folder named after them (``run_name``), so a grid folder may grow (another
+# panel, more methods) without mixing anything; the other fields define every
+# run and must match.
+_AXES = ("name", "methods", "workers", "periods", "overlap_ratios",
+         "overlap_method", "overlap_workers", "overlap_period")
+
+
 def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
   record = {"preset": dataclasses.asdict(preset), "data_source": source}
   record = json.loads(json.dumps(record))  # Tuples become lists.
@@ -216,16 +224,16 @@ def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
   if os.path.exists(path):
     with open(path) as f:
       old = json.load(f)
-    if old != record:
-      old_p, new_p = old.get("preset", {}), record["preset"]
-      fields = sorted(k for k in set(old_p) | set(new_p)
-                      if old_p.get(k) != new_p.get(k) and k != "name")
-      if old.get("data_source") != record["data_source"]:
-        fields.append("data_source")
+    old_p, new_p = old.get("preset", {}), record["preset"]
+    fields = sorted(k for k in set(old_p) | set(new_p)
+                    if k not in _AXES and old_p.get(k) != new_p.get(k))
+    if old.get("data_source") != record["data_source"]:
+      fields.append("data_source")
+    if fields:
       raise experiment.ResultsDirError(
           f"{out_dir!r} holds a grid of another preset or data source"
           f" ({old_p.get('name')!r} on {old.get('data_source')!r}; differs"
-          f" in: {', '.join(fields) or 'name'}); refusing to mix, choose"
+          f" in: {', '.join(fields)}); refusing to mix, choose"
           " another results folder")
     return
   with open(path, "w") as f:

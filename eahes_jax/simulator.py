@@ -110,7 +110,11 @@ class RoundMetrics(NamedTuple):
     worker_loss: (k,) each worker's mean minibatch loss over the steps it
       computed this round (0 for a worker that computed none).
     train_loss: scalar, the mean of ``worker_loss`` over computing workers.
-    log_distance: (k,) u = log‖θ_i − θ_m‖ before the exchange (§5).
+    log_distance: (k,) u = log‖θ_i − θ_m‖ before the exchange (§5), as the
+      policy measured it.
+    log_distance_after: (k,) log‖θ_i − θ_m‖ after the round's exchange,
+      against the true master: the reading "score u after the exchange" of
+      the mechanism study, recorded for every policy.
     score: (k,) the dynamic raw score a (0 for the other policies).
     h_worker: (k,) the worker's pull toward the master this round.
     h_master: (k,) the master's pull toward the worker this round.
@@ -122,6 +126,7 @@ class RoundMetrics(NamedTuple):
   worker_loss: chex.Array
   train_loss: chex.Array
   log_distance: chex.Array
+  log_distance_after: chex.Array
   score: chex.Array
   h_worker: chex.Array
   h_master: chex.Array
@@ -411,7 +416,9 @@ class Simulation:
                          key, state.round + 1)
     metrics = RoundMetrics(
         worker_loss=worker_loss, train_loss=train_loss,
-        log_distance=weights.log_distance, score=weights.score,
+        log_distance=weights.log_distance,
+        log_distance_after=elastic.log_distance(workers, master),
+        score=weights.score,
         h_worker=weights.h_worker, h_master=weights.h_master,
         connected=failures.connected, local_steps=failures.local_steps,
         nonfinite=nonfinite)
@@ -600,7 +607,7 @@ def make_history(sim: Simulation, chunks: list[RoundMetrics],
   else:
     empty = lambda *shape: np.zeros((s, 0) + shape)
     metrics = RoundMetrics(empty(k), empty(), empty(k), empty(k), empty(k),
-                           empty(k), empty(k).astype(bool),
+                           empty(k), empty(k), empty(k).astype(bool),
                            empty(k).astype(np.int32),
                            empty(k).astype(np.int32))
   return History(

@@ -92,6 +92,7 @@ def test_train_metrics_have_the_documented_columns(train_run):
     if evaluated:
       assert 0 <= r["test_accuracy"] <= 1 and r["train_loss"] > 0
     per_worker = ("h_worker", "h_master", "connected", "log_distance",
+                  "log_distance_after",
                   "score", "local_steps")
     if r["round"] == 0:
       assert all(r[c] is None for c in per_worker + ("minibatch_loss",))
@@ -172,6 +173,20 @@ def test_reproduce_refuses_another_grid_in_the_same_folder(grid_runs):
   assert proc.returncode != 0
   lines = error_lines(proc.stderr)
   assert len(lines) == 1 and "rounds" in lines[0] and "refusing" in lines[0]
+  assert (out / "grid.json").read_bytes() == before
+
+
+def test_reproduce_accepts_another_selection_of_runs_in_the_same_folder(
+    grid_runs):
+  # Methods, k, τ and the overlap ratios only pick run folders, so a grid
+  # folder may grow or be revisited one panel at a time; nothing is mixed.
+  out, _, _, _ = grid_runs
+  before = (out / "grid.json").read_bytes()
+  args = [a for a in GRID if not a.startswith(("--methods", "--overlap"))]
+  proc = run_binary("reproduce_paper", f"--out_dir={out}", *args,
+                    "--methods=EASGD", "--overlap_ratios=")
+  assert proc.returncode == 0, proc.stderr
+  assert "EASGD_k2_tau1_r000: complete, skipped" in proc.stdout
   assert (out / "grid.json").read_bytes() == before
 
 

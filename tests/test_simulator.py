@@ -181,3 +181,16 @@ def test_every_model_and_worker_count_runs(model, num_workers, data):
   # fail both: (1/3)^2), and the master moved only if one did.
   moved = not np.allclose(h.evals.test_loss[0, 0], h.evals.test_loss[0, 1])
   assert moved == bool(h.metrics.connected.any())
+
+
+@pytest.mark.parametrize("failure_rate", [0.0, 1.0])
+def test_log_distance_after_follows_the_exchange(failure_rate, data):
+  # One worker, the parallel (synchronous) exchange: a connected worker and
+  # the master each move α of the way, so the gap shrinks by (1 − 2α) and
+  # u_after = u + log(1 − 2α); a worker that missed the exchange keeps u.
+  cfg = BASE.replace(method="EAHES", num_workers=1, exchange_order="parallel",
+                     failure_rate=failure_rate, alpha=0.1)
+  h = simulator.run(cfg, data)
+  shift = np.log(1 - 2 * 0.1) if failure_rate == 0 else 0.0
+  np.testing.assert_allclose(h.metrics.log_distance_after,
+                             h.metrics.log_distance + shift, atol=1e-4)
