@@ -12,6 +12,7 @@ Worker Node Failure in Distributed Deep Learning". The flat public API:
 """
 
 from eahes_jax.adahessian import adahessian
+from eahes_jax.adahessian import elastic_adam
 from eahes_jax.adahessian import scale_by_adahessian
 from eahes_jax.adahessian import ScaleByAdaHessianState
 from eahes_jax.adahessian import spatial_average_abs
@@ -20,7 +21,6 @@ from eahes_jax.config import SimConfig
 from eahes_jax.data import DataError
 from eahes_jax.data import load_mnist
 from eahes_jax.data import MNIST
-from eahes_jax.data import overlap_partition
 from eahes_jax.elastic import exchange
 from eahes_jax.elastic import log_distance
 from eahes_jax.elastic import peer_mean_estimate
@@ -47,6 +47,8 @@ from eahes_jax.models import init_params
 from eahes_jax.models import MLP
 from eahes_jax.models import param_count
 from eahes_jax.models import SmallCNN
+from eahes_jax.partition import label_skew_partition
+from eahes_jax.partition import overlap_partition
 from eahes_jax.simulator import EvalMetrics
 from eahes_jax.simulator import History
 from eahes_jax.simulator import NonFiniteError
@@ -60,6 +62,7 @@ from eahes_jax.weighting import get_policy
 from eahes_jax.weighting import h1
 from eahes_jax.weighting import h2
 from eahes_jax.weighting import oracle as oracle_weighting
+from eahes_jax.weighting import ORACLE_VARIANTS
 from eahes_jax.weighting import raw_score
 from eahes_jax.weighting import Weights
 from eahes_jax.weighting import WeightingInputs

@@ -272,3 +272,41 @@ def adahessian(
     transforms.append(optax.add_decayed_weights(weight_decay))
   transforms.append(optax.scale_by_learning_rate(learning_rate))
   return optax.chain(*transforms)
+
+
+def elastic_adam(
+    learning_rate: optax.ScalarOrSchedule,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-4,
+    weight_decay: optax.ScalarOrSchedule = 0.0,
+) -> optax.GradientTransformation:
+  """AdaHessian's chain with Adam's second moment: the adaptivity control.
+
+  ``update = −lr · ((m / bc1) / (√(v / bc2) + eps) + wd · θ)`` with v the EMA
+  of g² where :func:`adahessian` has the EMA of D² (Hutchinson's diagonal),
+  and the same b1, b2, eps and decoupled decay, so the two differ only in
+  whether the denominator holds curvature or gradient magnitude. Used by the
+  method EAADAM-O to ask whether AdaHessian's gains are second-order or
+  merely adaptive.
+
+  Args:
+    learning_rate: a float or an optax schedule of the step count.
+    b1: decay rate of the gradient EMA, in [0, 1).
+    b2: decay rate of the squared-gradient EMA, in [0, 1).
+    eps: term added to the denominator, >= 0 (AdaHessian's default).
+    weight_decay: decoupled weight-decay coefficient (float >= 0 or schedule).
+
+  Returns:
+    An ``optax.GradientTransformation``.
+  """
+  if not callable(learning_rate):
+    _check_nonnegative("learning_rate", learning_rate)
+  if not callable(weight_decay):
+    _check_nonnegative("weight_decay", weight_decay)
+  transforms = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
+  if callable(weight_decay) or not (
+      isinstance(weight_decay, (int, float)) and weight_decay == 0):
+    transforms.append(optax.add_decayed_weights(weight_decay))
+  transforms.append(optax.scale_by_learning_rate(learning_rate))
+  return optax.chain(*transforms)

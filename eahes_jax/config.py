@@ -21,6 +21,7 @@ FAILURE_MODELS = ("none", "bernoulli", "bursty")
 FAILURE_MODES = failures.MODES
 EXCHANGE_ORDERS = elastic.ORDERS
 MASTER_ESTIMATES = weighting.MASTER_ESTIMATES
+ORACLE_VARIANTS = weighting.ORACLE_VARIANTS
 EXECUTIONS = ("auto",) + execution.STRATEGIES
 CONV_IMPLS = ("auto",) + models.CONV_IMPLS
 
@@ -71,6 +72,9 @@ class SimConfig:
     alpha: the elastic moving rate α (the paper: 0.1), in (0, 1].
     overlap_ratio: r, the shared fraction of the data, in [0, 1) (None: the
       method's default).
+    label_skew: s in [0, 1], the fraction of each worker's own data dealt by
+      label (``partition.label_skew_partition``); 0 is the paper's uniform
+      partition.
     weight_decay: AdaHessian's decoupled weight decay.
     hessian_samples: Hutchinson probes per step (the paper: 1).
     hessian_power: AdaHessian's Hessian power k in (0, 1].
@@ -87,6 +91,10 @@ class SimConfig:
     dw_coeffs: c_0..c_{p-1}, most recent first, non-negative, summing to 1.
     dw_threshold: the paper's k < 0, where h1 reaches 1 and h2 reaches 0.
     dw_master_estimate: ``"exact"`` or ``"peer_mean"`` (§5).
+    oracle_variant: how the oracle (EAHES-OM) meets a rejoining worker:
+      ``"reset"`` (the paper's), ``"ignore"`` or ``"graded"`` (the dynamic
+      maps fed the true outage length, with ``dw_threshold`` as k); see
+      ``weighting.oracle``.
     num_seeds: seeds run side by side in one compiled program (vmap).
     seed: first seed; the run covers seed, seed + 1, ..., seed + num_seeds - 1.
     eval_every: rounds between evaluations of the master.
@@ -110,6 +118,7 @@ class SimConfig:
   momentum: float = 0.5
   alpha: float = 0.1
   overlap_ratio: float | None = None
+  label_skew: float = 0.0
   weight_decay: float = 0.0
   hessian_samples: int = 1
   hessian_power: float = 1.0
@@ -124,6 +133,7 @@ class SimConfig:
   dw_coeffs: tuple[float, ...] = (0.6, 0.3, 0.1)
   dw_threshold: float = -3.0
   dw_master_estimate: str = "exact"
+  oracle_variant: str = "reset"
   num_seeds: int = 1
   seed: int = 0
   eval_every: int = 10
@@ -159,6 +169,8 @@ class SimConfig:
     if self.overlap_ratio is not None:
       _check(_is_real(self.overlap_ratio) and 0 <= self.overlap_ratio < 1,
              "overlap_ratio", "in [0, 1)", self.overlap_ratio)
+    _check(_is_real(self.label_skew) and 0 <= self.label_skew <= 1,
+           "label_skew", "in [0, 1]", self.label_skew)
     _check(_is_real(self.weight_decay) and self.weight_decay >= 0,
            "weight_decay", "a number >= 0", self.weight_decay)
     _check(_is_real(self.hessian_power) and 0 < self.hessian_power <= 1,
@@ -208,6 +220,8 @@ class SimConfig:
       _check(self.num_workers >= 2, "num_workers",
              ">= 2 with dw_master_estimate='peer_mean' (a worker needs peers)",
              self.num_workers)
+    _check(self.oracle_variant in ORACLE_VARIANTS, "oracle_variant",
+           f"one of {ORACLE_VARIANTS}", self.oracle_variant)
     _check(self.execution in EXECUTIONS, "execution", f"one of {EXECUTIONS}",
            self.execution)
     _check(self.conv_impl in CONV_IMPLS, "conv_impl", f"one of {CONV_IMPLS}",

@@ -1,4 +1,4 @@
-"""MNIST loading (IDX files, TFDS or an embedded sample) and data overlap.
+"""MNIST loading (IDX files, TFDS or an embedded sample).
 
 `load_mnist` returns normalised float32 images of shape (N, 28, 28, 1) and
 int32 labels, from one of three sources:
@@ -12,8 +12,7 @@ int32 labels, from one of three sources:
 
 "auto" picks the first that is available without blocking on the network.
 
-`overlap_partition` deals the training set to workers with a shared overlap
-(paper §V-A, algorithms.md §4).
+How the training set is dealt to workers is in `partition.py`.
 """
 
 import glob
@@ -414,53 +413,3 @@ def synthetic_mnist(n_train: int = 4096, n_test: int = 256,
       test_images=rng.normal(size=(n_test, 28, 28, 1)).astype(np.float32),
       test_labels=rng.integers(0, 10, n_test).astype(np.int32),
       source="synthetic")
-
-
-def overlap_partition(num_examples: int, num_workers: int,
-                      overlap_ratio: float,
-                      seed: int) -> tuple[np.ndarray, np.ndarray]:
-  """Deals training indices to workers with a shared overlap (algorithms §4).
-
-  A random shared set O of o = round(overlap_ratio * num_examples) indices
-  goes to every worker; the other n - o indices, in random order, are dealt
-  into k disjoint sets S_j of m = floor((n - o) / k) each, and the remaining
-  (n - o) mod k indices are left out. Worker j trains on O ∪ S_j. `round` is
-  Python's (ties to even).
-
-  Args:
-    num_examples: n, the size of the training set (>= 1).
-    num_workers: k (>= 1).
-    overlap_ratio: r in [0, 1).
-    seed: seed of the numpy generator; equal seeds give equal partitions.
-
-  Returns:
-    (shared_idx, worker_idx): int32 arrays of shapes (o,) and (k, o + m);
-    row j of worker_idx is shared_idx followed by S_j.
-
-  Raises:
-    ValueError: an argument is out of range, or every worker's own set S_j
-      would be empty.
-  """
-  if isinstance(num_examples, bool) or not isinstance(
-      num_examples, (int, np.integer)) or num_examples < 1:
-    raise ValueError(
-        f"num_examples must be an integer >= 1, got {num_examples!r}")
-  if isinstance(num_workers, bool) or not isinstance(
-      num_workers, (int, np.integer)) or num_workers < 1:
-    raise ValueError(
-        f"num_workers must be an integer >= 1, got {num_workers!r}")
-  if not 0.0 <= overlap_ratio < 1.0:
-    raise ValueError(f"overlap_ratio must be in [0, 1), got {overlap_ratio!r}")
-  n, k = int(num_examples), int(num_workers)
-  o = int(round(overlap_ratio * n))
-  m = (n - o) // k
-  if m < 1:
-    raise ValueError(
-        f"num_examples={n} is too few for num_workers={k} with "
-        f"overlap_ratio={overlap_ratio}: the {n - o} non-shared examples "
-        "leave every worker an empty own set (need n - round(r*n) >= k)")
-  perm = np.random.default_rng(seed).permutation(n).astype(np.int32)
-  shared = perm[:o]
-  own = perm[o:o + k * m].reshape(k, m)
-  workers = np.concatenate([np.broadcast_to(shared, (k, o)), own], axis=1)
-  return shared, workers

@@ -186,6 +186,11 @@ def check_out_dir(out_dir: str, record: dict[str, Any], *, resume: bool,
     raise ResultsDirError(
         f"--out_dir {out_dir!r} has an unreadable {CONFIG_FILE} ({e});"
         " choose another --out_dir") from None
+  if isinstance(old, dict) and isinstance(old.get("config"), dict):
+    # A folder written before a field existed ran with its default.
+    defaults = config_lib.SimConfig().to_dict()
+    old["config"] = {**{k: defaults[k] for k in record["config"]
+                        if k not in old["config"]}, **old["config"]}
   if old != record:
     old_cfg, new_cfg = old.get("config", {}), record["config"]
     fields = sorted(k for k in set(old_cfg) | set(new_cfg)
@@ -258,6 +263,12 @@ def read_metrics(out_dir: str) -> list[dict[str, Any]]:
     lines = f.read().split("\n")
   # split() leaves "" after a final newline, or the cut row otherwise.
   return [json.loads(line) for line in lines[:-1] if line.strip()]
+
+
+def read_config(out_dir: str) -> dict[str, Any]:
+  """The resolved ``SimConfig`` fields a results folder's config.json holds."""
+  with open(os.path.join(out_dir, CONFIG_FILE)) as f:
+    return json.load(f)["config"]
 
 
 def _state_bytes(state: Any) -> int:

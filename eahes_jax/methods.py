@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Mapping
 
-OPTIMIZERS = ("sgd", "nesterov", "adahessian")
+OPTIMIZERS = ("sgd", "nesterov", "adahessian", "adam")
 WEIGHTINGS = ("fixed", "oracle", "dynamic")
 
 
@@ -23,7 +23,10 @@ class Method:
     name: the method's name as the paper writes it (``"DEAHES-O"``).
     optimizer: the workers' local optimizer, one of ``OPTIMIZERS``:
       ``"sgd"`` (plain SGD), ``"nesterov"`` (SGD with Nesterov momentum, as
-      EAMSGD) or ``"adahessian"`` (AdaHessian with Hutchinson's diagonal).
+      EAMSGD), ``"adahessian"`` (AdaHessian with Hutchinson's diagonal) or
+      ``"adam"`` (AdaHessian's chain with Adam's squared gradient in place of
+      the squared Hessian diagonal: adaptivity without second-order
+      information).
     overlap: whether workers share a random overlap set of the training data
       (paper §V-A). Without it the shards are disjoint (r = 0).
     weighting: the elastic weighting policy, one of ``WEIGHTINGS``: ``"fixed"``
@@ -79,6 +82,9 @@ for _m in (
            weighting="oracle"),
     Method("DEAHES-O", optimizer="adahessian", overlap=True,
            weighting="dynamic"),
+    # Beyond the paper: elastic Adam on the overlapping shards, the control
+    # that tells second-order information from adaptivity (issue 11).
+    Method("EAADAM-O", optimizer="adam", overlap=True, weighting="fixed"),
 ):
   register_method(_m)
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from eahes_jax import experiment
 from eahes_jax import methods
+from eahes_jax import stats
 
 _STYLE = {  # Method -> matplotlib style, stable across figures.
     "EASGD": dict(color="tab:gray", ls="--"),
@@ -34,6 +35,7 @@ class RunCurves:
     name: the run's folder name.
     config: its config.json ``config`` record.
     data_source: where its MNIST came from.
+    seeds: (S,) the seeds, in the order of the rows below.
     eval_rounds: (E,) evaluated rounds.
     test_accuracy: (S, E) per seed.
     train_loss: (S, E) per seed (master's loss on the training subset).
@@ -43,6 +45,7 @@ class RunCurves:
   name: str
   config: dict[str, Any]
   data_source: str
+  seeds: np.ndarray
   eval_rounds: np.ndarray
   test_accuracy: np.ndarray
   train_loss: np.ndarray
@@ -79,7 +82,7 @@ def load_run(run_dir: str) -> RunCurves | None:
     loss[si[r["seed"]], ri[r["round"]]] = r["train_loss"]
   return RunCurves(os.path.basename(os.path.normpath(run_dir)),
                    record["config"], record.get("data_source", "?"),
-                   np.asarray(rounds), acc, loss,
+                   np.asarray(seeds), np.asarray(rounds), acc, loss,
                    experiment.is_complete(run_dir))
 
 
@@ -191,19 +194,19 @@ def plot_overlap(runs: list[RunCurves], path: str, method: str = "EAHES-O",
 
 
 def results_table(runs: list[RunCurves]) -> str:
-  """Markdown: final test accuracy and training loss, mean ± std over seeds."""
+  """Markdown: final test accuracy and training loss, mean ± sample std
+  (ddof = 1) over seeds."""
   lines = ["| method | k | τ | r | rounds | seeds | test accuracy |"
            " training loss |", "|---|---|---|---|---|---|---|---|"]
   ordered = sorted(_order(runs), key=lambda r: (r.key[1], r.key[2]))
   for run in ordered:
-    acc = run.test_accuracy[:, -1]
-    loss = run.train_loss[:, -1]
+    acc = stats.describe(run.test_accuracy[:, -1])
+    loss = stats.describe(run.train_loss[:, -1])
     flag = "" if run.complete else " (incomplete)"
     lines.append(
         f"| {run.key[0]} | {run.key[1]} | {run.key[2]} |"
         f" {100 * run.key[3]:g} % | {int(run.eval_rounds[-1])}{flag} |"
-        f" {acc.size} | {acc.mean():.4f} ± {acc.std():.4f} |"
-        f" {loss.mean():.4f} ± {loss.std():.4f} |")
+        f" {acc.n} | {acc.format()} | {loss.format()} |")
   return "\n".join(lines) + "\n"
 
 

@@ -39,6 +39,7 @@ import numpy as np
 import optax
 
 from eahes_jax.adahessian import adahessian as make_adahessian
+from eahes_jax.adahessian import elastic_adam as make_elastic_adam
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import elastic
@@ -46,6 +47,7 @@ from eahes_jax import execution as execution_lib
 from eahes_jax import failures as failures_lib
 from eahes_jax import hessian
 from eahes_jax import models as models_lib
+from eahes_jax import partition
 from eahes_jax import weighting
 
 # Bits of ``RoundMetrics.nonfinite``: which quantity first went non-finite.
@@ -191,6 +193,8 @@ def make_optimizer(config: config_lib.SimConfig
     return optax.sgd(lr)
   if method.optimizer == "nesterov":
     return optax.sgd(lr, momentum=config.momentum, nesterov=True)
+  if method.optimizer == "adam":
+    return make_elastic_adam(lr, weight_decay=config.weight_decay)
   return make_adahessian(
       lr, weight_decay=config.weight_decay, hessian_power=config.hessian_power)
 
@@ -201,7 +205,8 @@ def make_policy(config: config_lib.SimConfig) -> weighting.WeightingPolicy:
   if kind == "fixed":
     return weighting.fixed(config.alpha)
   if kind == "oracle":
-    return weighting.oracle(config.alpha)
+    return weighting.oracle(config.alpha, variant=config.oracle_variant,
+                            threshold=config.dw_threshold)
   return weighting.dynamic(
       config.alpha, p=config.dw_history, coeffs=config.dw_coeffs,
       threshold=config.dw_threshold,
@@ -284,8 +289,9 @@ class Simulation:
     n_train = int(data.train_images.shape[0])
     # Each seed draws its own overlap partition (§4), like a fresh run would.
     self.worker_idx = np.stack([
-        data_lib.overlap_partition(n_train, config.num_workers,
-                                   config.overlap_ratio, int(s))[1]
+        partition.label_skew_partition(data.train_labels, config.num_workers,
+                                       config.overlap_ratio,
+                                       config.label_skew, int(s))[1]
         for s in self.seeds])
     eval_idx = np.arange(n_train)
     if 0 < config.train_eval_size < n_train:

@@ -245,21 +245,48 @@ def fixed(alpha: float) -> WeightingPolicy:
   return WeightingPolicy(init, update)
 
 
-def oracle(alpha: float) -> WeightingPolicy:
-  """EAHES-OM: knows the failures; resets a worker that rejoins.
+ORACLE_VARIANTS = ("reset", "ignore", "graded")
 
-  At a worker's first exchange after one or more missed exchanges, h_worker = 1
-  and h_master = 0 (the worker takes the master's parameters, the master
-  ignores the stale worker); α for both otherwise. The missed-exchange counter
-  resets to 0 when the worker is connected and grows by one when it is not.
+
+def oracle(alpha: float, *, variant: str = "reset",
+           threshold: float = DEFAULT_THRESHOLD) -> WeightingPolicy:
+  """EAHES-OM: knows the failures; treats a rejoining worker specially.
+
+  At a worker's first exchange after m ≥ 1 missed exchanges (a rejoin), the
+  weights are, by ``variant``:
+
+  * ``"reset"`` (the paper's EAHES-OM): h_worker = 1, h_master = 0; the
+    worker takes the master's parameters and the master ignores it;
+  * ``"ignore"``: h_worker = α, h_master = 0; the master ignores the worker,
+    which moves toward the master as usual;
+  * ``"graded"``: the dynamic policy's maps fed the true outage length,
+    h_worker = h1(−m), h_master = h2(−m) with the threshold k: an outage of
+    |k| or more exchanges is a full reset, shorter ones are partial.
+
+  α for both at every other exchange. The missed-exchange counter m resets to
+  0 when the worker is connected and grows by one when it is not.
 
   Args:
     alpha: the moving rate, in (0, 1].
+    variant: one of ``ORACLE_VARIANTS``.
+    threshold: the k < 0 of ``"graded"`` (unused otherwise).
 
   Returns:
     A `WeightingPolicy` with state `OracleState`.
   """
   alpha = _check_alpha(alpha)
+  threshold = _check_threshold(threshold)
+  if variant not in ORACLE_VARIANTS:
+    raise ValueError(
+        f"variant must be one of {ORACLE_VARIANTS}, got {variant!r}")
+
+  def rejoin_weights(missed: chex.Array) -> tuple[chex.Array, chex.Array]:
+    if variant == "reset":
+      return jnp.ones(missed.shape), jnp.zeros(missed.shape)
+    if variant == "ignore":
+      return jnp.full(missed.shape, alpha), jnp.zeros(missed.shape)
+    a = -missed.astype(jnp.float32)
+    return h1(a, alpha, threshold), h2(a, alpha, threshold)
 
   def init(num_workers: int) -> OracleState:
     return OracleState(missed=jnp.zeros((num_workers,), jnp.int32))
@@ -269,8 +296,9 @@ def oracle(alpha: float) -> WeightingPolicy:
     u = _true_log_distance(inputs)
     connected = jnp.broadcast_to(jnp.asarray(inputs.connected, bool), u.shape)
     rejoin = connected & (state.missed > 0)
-    h_worker = jnp.where(rejoin, 1.0, alpha).astype(jnp.float32)
-    h_master = jnp.where(rejoin, 0.0, alpha).astype(jnp.float32)
+    back_worker, back_master = rejoin_weights(state.missed)
+    h_worker = jnp.where(rejoin, back_worker, alpha).astype(jnp.float32)
+    h_master = jnp.where(rejoin, back_master, alpha).astype(jnp.float32)
     missed = jnp.where(connected, 0, state.missed + 1).astype(jnp.int32)
     return (Weights(h_worker, h_master, jnp.zeros_like(u), u),
             OracleState(missed=missed))

@@ -9,6 +9,14 @@ skipped and interrupted ones resume, so an interrupted grid is finished by
 running the same command again. --preset=quick finishes on a 2-core CPU in
 under 20 minutes; --preset=paper is for an accelerator.
 
+--study runs one of the fidelity studies instead of the grid (readings,
+mechanism, lr_sweep, dw_sweep, label_skew; see eahes_jax/studies.py), at the
+study's own scale unless --rounds, --num_seeds, --model or --eval_every say
+otherwise; like the grid, it resumes:
+
+  python -m experiments.reproduce_paper --study=readings --out_dir=results/readings
+  python -m experiments.plot results/readings
+
 --methods, --workers, --periods and --overlap_ratios reshape the grid, e.g. a
 one-minute smoke test of the whole pipeline:
 
@@ -26,7 +34,12 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import experiment
 from eahes_jax import grid
+from eahes_jax import studies
 
+_STUDY = flags.DEFINE_enum(
+    "study", "grid", ["grid"] + sorted(studies.STUDIES),
+    "What to run: the paper's grid (--preset) or one of the fidelity"
+    " studies (eahes_jax/studies.py).")
 _PRESET = flags.DEFINE_enum("preset", "quick", list(grid.PRESETS),
                             "Grid size: quick (CPU) or paper (accelerator).")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Results folder (required).")
@@ -82,11 +95,30 @@ def main(argv):
           _OVERLAP_RATIOS.value, "overlap_ratios")
     if _METHODS.value is not None:
       lists["methods"] = tuple(_METHODS.value)
+    base = config_lib.SimConfig(execution=_EXECUTION.value)
+    if _STUDY.value != "grid":
+      if lists:
+        raise config_lib.ConfigError(
+            "methods, --workers, --periods and --overlap_ratios shape the"
+            " grid; a study fixes its own runs", sorted(lists)[0])
+      # The study's own scale, with the flags given on top of it.
+      own = studies.get_study(_STUDY.value).runs[0][1]
+      pick = lambda flag, default: default if flag.value is None else flag.value
+      scale = studies.Scale(
+          model=pick(_MODEL, own.model), rounds=pick(_ROUNDS, own.rounds),
+          num_seeds=pick(_NUM_SEEDS, own.num_seeds),
+          eval_every=pick(_EVAL_EVERY, own.eval_every),
+          train_eval_size=own.train_eval_size)
+      studies.run_study(
+          studies.get_study(_STUDY.value, scale, base), _OUT_DIR.value,
+          data_source=_DATA_SOURCE.value or "auto",
+          mnist_dir=_MNIST_DIR.value,
+          checkpoint_every=_CHECKPOINT_EVERY.value)
+      return
     preset = grid.customize(grid.PRESETS[_PRESET.value], rounds=_ROUNDS.value,
                             num_seeds=_NUM_SEEDS.value, model=_MODEL.value,
                             eval_every=_EVAL_EVERY.value, **lists)
-    grid.run_grid(preset, _OUT_DIR.value,
-                  base=config_lib.SimConfig(execution=_EXECUTION.value),
+    grid.run_grid(preset, _OUT_DIR.value, base=base,
                   data_source=_DATA_SOURCE.value, mnist_dir=_MNIST_DIR.value,
                   checkpoint_every=_CHECKPOINT_EVERY.value)
   except experiment.EXPECTED_ERRORS as e:

@@ -44,6 +44,10 @@ _OVERLAP = flags.DEFINE_float(
     "overlap_ratio", None,
     "Shared data fraction r in [0, 1) (default: the method's; 1/k for the"
     " overlap methods, 0 otherwise).")
+_LABEL_SKEW = flags.DEFINE_float(
+    "label_skew", _D.label_skew,
+    "Fraction s in [0, 1] of each worker's own data dealt by label (0: the"
+    " paper's uniform shards; 1: each worker sees about 10/k classes).")
 _WEIGHT_DECAY = flags.DEFINE_float("weight_decay", _D.weight_decay,
                                    "AdaHessian's decoupled weight decay.")
 _HESSIAN_SAMPLES = flags.DEFINE_integer(
@@ -82,6 +86,11 @@ _DW_MASTER_ESTIMATE = flags.DEFINE_enum(
     "dw_master_estimate", _D.dw_master_estimate,
     list(config_lib.MASTER_ESTIMATES),
     "exact: the true master; peer_mean: the mean of the other workers.")
+_ORACLE_VARIANT = flags.DEFINE_enum(
+    "oracle_variant", _D.oracle_variant, list(config_lib.ORACLE_VARIANTS),
+    "How EAHES-OM meets a rejoining worker: reset (h1=1, h2=0; the paper's),"
+    " ignore (h1=α, h2=0) or graded (the dynamic maps at a = −missed"
+    " exchanges, k = --dw_threshold).")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", _D.num_seeds,
                                   "Seeds run side by side (vmap).")
 _SEED = flags.DEFINE_integer("seed", _D.seed, "First seed.")
@@ -121,7 +130,8 @@ def main(argv):
         num_workers=_NUM_WORKERS.value, comm_period=_COMM_PERIOD.value,
         rounds=_ROUNDS.value, batch_size=_BATCH_SIZE.value, lr=_LR.value,
         momentum=_MOMENTUM.value, alpha=_ALPHA.value,
-        overlap_ratio=_OVERLAP.value, weight_decay=_WEIGHT_DECAY.value,
+        overlap_ratio=_OVERLAP.value, label_skew=_LABEL_SKEW.value,
+        weight_decay=_WEIGHT_DECAY.value,
         hessian_samples=_HESSIAN_SAMPLES.value,
         failure_rate=_FAILURE_RATE.value, failure_model=_FAILURE_MODEL.value,
         failure_mode=_FAILURE_MODE.value, mean_outage=_MEAN_OUTAGE.value,
@@ -131,7 +141,7 @@ def main(argv):
         dw_coeffs=experiment.parse_numbers(_DW_COEFFS.value, "dw_coeffs"),
         dw_threshold=_DW_THRESHOLD.value,
         dw_master_estimate=_DW_MASTER_ESTIMATE.value,
-        num_seeds=_NUM_SEEDS.value, seed=_SEED.value,
+        oracle_variant=_ORACLE_VARIANT.value, num_seeds=_NUM_SEEDS.value, seed=_SEED.value,
         eval_every=_EVAL_EVERY.value, train_eval_size=_TRAIN_EVAL_SIZE.value,
         execution=_EXECUTION.value, conv_impl=_CONV_IMPL.value)
     out_dir = _OUT_DIR.value or experiment.default_out_dir(config)

@@ -11,6 +11,7 @@ import pytest
 
 from eahes_jax.adahessian import ScaleByAdaHessianState
 from eahes_jax.adahessian import adahessian
+from eahes_jax.adahessian import elastic_adam
 from eahes_jax.adahessian import scale_by_adahessian
 from eahes_jax.adahessian import spatial_average_abs
 from eahes_jax.hessian import hutchinson_diag
@@ -277,3 +278,19 @@ def test_boundary_args_accepted():
   scale_by_adahessian(b1=0.0, b2=0.0, eps=0.0, hessian_power=1.0)
   adahessian(optax.constant_schedule(0.1), weight_decay=optax.constant_schedule(
       1e-4))
+
+
+def test_elastic_adam_is_adahessian_with_the_squared_gradient():
+  # With the Hessian diagonal replaced by the gradient itself (and no
+  # spatial averaging), AdaHessian's update is Adam's with the same b1, b2,
+  # eps: the only difference between the two methods is the denominator.
+  params = {"w": jnp.array([0.5, -1.0, 2.0]), "b": jnp.array([0.1])}
+  grads = [{"w": jnp.array([0.3, -0.2, 0.05]), "b": jnp.array([1.0])},
+           {"w": jnp.array([-0.1, 0.4, 0.2]), "b": jnp.array([-0.5])}]
+  adam = elastic_adam(0.01)
+  ada = adahessian(0.01, spatial_average=False)
+  sa, sh = adam.init(params), ada.init(params)
+  for g in grads:
+    ua, sa = adam.update(g, sa, params)
+    uh, sh = ada.update(g, sh, params, hessian_diag=g)
+    chex.assert_trees_all_close(ua, uh, rtol=1e-6)

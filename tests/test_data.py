@@ -12,6 +12,8 @@ import time
 import numpy as np
 import pytest
 
+from eahes_jax import partition
+
 from eahes_jax import data
 
 _REPO = pathlib.Path(__file__).resolve().parents[1]
@@ -448,7 +450,7 @@ def test_download_host_reachable(monkeypatch, behaviour, expected):
     (100, 4, 0.25), (100, 8, 0.125), (103, 4, 0.0), (60, 3, 0.5),
     (10, 1, 0.0), (97, 5, 0.37), (1000, 8, 0.0)])
 def test_overlap_partition_properties(n, k, r):
-  shared, workers = data.overlap_partition(n, k, r, seed=3)
+  shared, workers = partition.overlap_partition(n, k, r, seed=3)
   o = round(r * n)
   m = (n - o) // k
   assert shared.dtype == np.int32 and workers.dtype == np.int32
@@ -471,9 +473,9 @@ def test_overlap_partition_properties(n, k, r):
 
 @pytest.mark.parametrize("n, k, r", [(100, 4, 0.25), (103, 4, 0.0)])
 def test_overlap_partition_is_seeded(n, k, r):
-  a = data.overlap_partition(n, k, r, seed=1)
-  b = data.overlap_partition(n, k, r, seed=1)
-  c = data.overlap_partition(n, k, r, seed=2)
+  a = partition.overlap_partition(n, k, r, seed=1)
+  b = partition.overlap_partition(n, k, r, seed=1)
+  c = partition.overlap_partition(n, k, r, seed=2)
   np.testing.assert_array_equal(a[0], b[0])
   np.testing.assert_array_equal(a[1], b[1])
   assert not np.array_equal(a[1], c[1])
@@ -482,7 +484,7 @@ def test_overlap_partition_is_seeded(n, k, r):
 
 
 def test_overlap_partition_paper_setting():
-  shared, workers = data.overlap_partition(60_000, 4, 0.25, seed=0)
+  shared, workers = partition.overlap_partition(60_000, 4, 0.25, seed=0)
   assert shared.shape == (15_000,) and workers.shape == (4, 15_000 + 11_250)
 
 
@@ -498,4 +500,4 @@ def test_overlap_partition_paper_setting():
 ])
 def test_overlap_partition_rejects_bad_arguments(args, name):
   with pytest.raises(ValueError, match=name):
-    data.overlap_partition(*args, seed=0)
+    partition.overlap_partition(*args, seed=0)

@@ -221,6 +221,43 @@ def test_peer_mean_master_estimate():
     policy.init(1)
 
 
+@pytest.mark.parametrize("variant", weighting.ORACLE_VARIANTS)
+def test_oracle_variants_at_rejoin_follow_their_equations(variant):
+  # Worker 0 misses 1 exchange, worker 1 misses 4, worker 2 never misses;
+  # all are connected at round 4. With k = −3: graded gives
+  # h1(−1) = α + (1 − α)/3, h2(−1) = α(1 − 1/3), and a full reset for an
+  # outage of 4 ≥ |k| exchanges (h1 = 1, h2 = 0).
+  alpha, k = 0.1, -3.0
+  policy = weighting.oracle(alpha, variant=variant, threshold=k)
+  connected = np.array([[True, False, True], [True, False, True],
+                        [True, False, True], [False, False, True],
+                        [True, True, True], [True, True, True]])
+  (workers, master), = _moving_workers([[1.0, 2.0, 3.0]])
+  state = policy.init(3)
+  out = []
+  for t in range(connected.shape[0]):
+    weights, state = jax.jit(policy.update)(
+        state, weighting.WeightingInputs(workers, master, connected[t]))
+    out.append((np.asarray(weights.h_worker), np.asarray(weights.h_master)))
+  back = {"reset": ((1.0, 0.0), (1.0, 0.0)),
+          "ignore": ((alpha, 0.0), (alpha, 0.0)),
+          "graded": ((alpha + (1 - alpha) / 3, alpha * (1 - 1 / 3)),
+                     (1.0, 0.0))}[variant]
+  h_worker, h_master = out[4]
+  np.testing.assert_allclose([h_worker[0], h_master[0]], back[0], rtol=1e-6)
+  np.testing.assert_allclose([h_worker[1], h_master[1]], back[1], rtol=1e-6)
+  np.testing.assert_allclose([h_worker[2], h_master[2]], [alpha, alpha])
+  # Every other exchange is EASGD's.
+  for t in (0, 1, 2, 5):
+    np.testing.assert_allclose(out[t][0], alpha, rtol=1e-6)
+    np.testing.assert_allclose(out[t][1], alpha, rtol=1e-6)
+
+
+def test_oracle_rejects_an_unknown_variant():
+  with pytest.raises(ValueError, match="variant"):
+    weighting.oracle(0.1, variant="forget")
+
+
 def test_oracle_resets_at_rejoin_rounds():
   policy = weighting.oracle(ALPHA)
   connected = np.array([

@@ -1,0 +1,381 @@
+"""The fidelity studies beyond the paper's grid, as resumable sets of runs.
+
+A study is a named list of runs (each a ``SimConfig`` under its own folder
+name) and the paired comparisons that answer its question. ``run_study``
+runs them into ``OUT_DIR/runs/NAME`` the way ``grid.run_grid`` runs the grid:
+complete runs are skipped and interrupted ones resume, so running the same
+command again finishes an interrupted study. Every run of a study uses the
+same seeds, so comparisons are paired per seed (``stats``).
+
+Studies (docs/algorithms.md §8 explains each question):
+
+* ``readings``: the readings the paper leaves open, each against EAHES-O on
+  one panel (k = 4, τ = 1): failure mode (``crash``) and bursty outages of
+  mean 5 and 20 rounds, the oracle's variants, and elastic Adam.
+* ``mechanism``: EAHES-O and DEAHES-O under ``disconnect`` and ``crash`` at
+  τ = 1 and 4, whose per-round rows feed ``mechanism.py`` (does the raw score
+  turn negative when a worker rejoins?).
+* ``lr_sweep``: EASGD, EAMSGD and EAHES over a learning-rate grid, to compare
+  the families at matched tuning.
+* ``dw_sweep``: dynamic weighting's p and threshold under each failure model.
+* ``label_skew``: Figure 3's overlap sweep on label-skewed shards.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import time
+from typing import Callable
+
+import numpy as np
+
+from eahes_jax import claims
+from eahes_jax import config as config_lib
+from eahes_jax import experiment
+from eahes_jax import grid
+from eahes_jax import plotting
+from eahes_jax import stats
+
+STUDY_FILE = "study.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Reading:
+  """One paired comparison of a study: run ``a`` against run ``b``.
+
+  Attributes:
+    question: what it answers, e.g. "bursty outages (mean 20)".
+    a: the run name of the first run.
+    b: the run name of the second (usually the baseline EAHES-O).
+  """
+
+  question: str
+  a: str
+  b: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  """A named set of runs and the comparisons between them.
+
+  Attributes:
+    name: the study's name (``STUDIES``' key).
+    runs: (folder name, config) pairs, in the order they run (the configs
+      are None in a study read back from its folder by ``read_study``).
+    readings: the comparisons its table reports.
+  """
+
+  name: str
+  runs: tuple[tuple[str, config_lib.SimConfig | None], ...]
+  readings: tuple[Reading, ...] = ()
+
+
+@dataclasses.dataclass(frozen=True)
+class Scale:
+  """How long and how wide every run of a study is.
+
+  The defaults are the paper's length (300 rounds) with 5 seeds, evaluated
+  every 25 rounds on the full test set (the trajectory does not depend on
+  the evaluation interval, only the curves' resolution does).
+  """
+
+  model: str = "small_cnn"
+  rounds: int = 300
+  num_seeds: int = 5
+  eval_every: int = 25
+  train_eval_size: int = 2000
+
+
+def _base(scale: Scale, base: config_lib.SimConfig | None
+          ) -> config_lib.SimConfig:
+  return (base or config_lib.SimConfig()).replace(
+      model=scale.model, rounds=scale.rounds, num_seeds=scale.num_seeds,
+      eval_every=scale.eval_every, train_eval_size=scale.train_eval_size,
+      num_workers=4, comm_period=1)
+
+
+# Failure settings of the readings at the paper's rate 1/3 (algorithms.md §6).
+_FAILURES = {
+    "bernoulli": dict(failure_model="bernoulli", failure_mode="disconnect"),
+    "crash": dict(failure_model="bernoulli", failure_mode="crash"),
+    "bursty20": dict(failure_model="bursty", mean_outage=20.0,
+                     failure_mode="disconnect"),
+    "bursty5": dict(failure_model="bursty", mean_outage=5.0,
+                    failure_mode="disconnect"),
+}
+
+
+def readings(scale: Scale = Scale(), base: config_lib.SimConfig | None = None
+             ) -> Study:
+  """The readings the paper leaves open, each a paired comparison.
+
+  Runs in order of what they decide: the baseline, the stale-worker regime
+  (bursty outages of mean 20) and crashes first, then the oracle's variants
+  and elastic Adam, then bursty outages of mean 5.
+  """
+  b = _base(scale, base)
+  runs = [("EAHES-O_bernoulli", b.replace(method="EAHES-O"))]
+  for failures in ("bursty20", "crash"):
+    for method in ("EAHES-O", "DEAHES-O", "EAHES-OM"):
+      runs.append((f"{method}_{failures}",
+                   b.replace(method=method, **_FAILURES[failures])))
+  runs += [
+      ("DEAHES-O_bernoulli", b.replace(method="DEAHES-O")),
+      ("EAHES-OM_bernoulli", b.replace(method="EAHES-OM")),
+      ("EAHES-OM-ignore_bernoulli",
+       b.replace(method="EAHES-OM", oracle_variant="ignore")),
+      ("EAHES-OM-graded_bernoulli",
+       b.replace(method="EAHES-OM", oracle_variant="graded")),
+      ("EAADAM-O_bernoulli", b.replace(method="EAADAM-O")),
+  ]
+  for method in ("EAHES-O", "DEAHES-O", "EAHES-OM"):
+    runs.append((f"{method}_bursty5",
+                 b.replace(method=method, **_FAILURES["bursty5"])))
+  out = []
+  for failures, label in (("bernoulli", "Bernoulli, disconnect (paper)"),
+                          ("crash", "Bernoulli, crash"),
+                          ("bursty5", "bursty, mean outage 5"),
+                          ("bursty20", "bursty, mean outage 20")):
+    for method in ("DEAHES-O", "EAHES-OM"):
+      out.append(Reading(f"failures: {label}", f"{method}_{failures}",
+                         f"EAHES-O_{failures}"))
+  out.append(Reading("failures: crash vs disconnect (EAHES-O)",
+                     "EAHES-O_crash", "EAHES-O_bernoulli"))
+  for variant in ("EAHES-OM", "EAHES-OM-ignore", "EAHES-OM-graded"):
+    out.append(Reading("oracle variants", f"{variant}_bernoulli",
+                       "EAHES-O_bernoulli"))
+  out.append(Reading("second order or adaptivity", "EAHES-O_bernoulli",
+                     "EAADAM-O_bernoulli"))
+  return Study("readings", tuple(runs), tuple(out))
+
+
+def mechanism(scale: Scale = Scale(rounds=100, num_seeds=3, eval_every=50,
+                                   train_eval_size=1000),
+              base: config_lib.SimConfig | None = None) -> Study:
+  """Per-round rows for the mechanism analysis (``mechanism.py``).
+
+  EAHES-O (the score is measured but not acted on: the natural signal) and
+  DEAHES-O (acted on) under ``disconnect`` and ``crash``, τ = 1 and 4.
+  """
+  b = _base(scale, base)
+  runs = []
+  for tau in (1, 4):
+    for mode in ("disconnect", "crash"):
+      for method in ("EAHES-O", "DEAHES-O"):
+        runs.append((f"{method}_{mode}_tau{tau}",
+                     b.replace(method=method, failure_mode=mode,
+                               comm_period=tau)))
+  return Study("mechanism", tuple(runs))
+
+
+LR_GRID = {"EAHES": (0.005, 0.01, 0.02, 0.05, 0.1, 0.15),
+           "EASGD": (0.005, 0.01, 0.02, 0.05, 0.1),
+           "EAMSGD": (0.005, 0.01, 0.02, 0.05, 0.1)}
+
+
+def lr_sweep(scale: Scale = Scale(), base: config_lib.SimConfig | None = None
+             ) -> Study:
+  """Each family over its learning-rate grid (``LR_GRID``); the table pairs
+  each family's best rate (by late test accuracy) against the others'."""
+  b = _base(scale, base)
+  runs = tuple((f"{m}_lr{lr:g}", b.replace(method=m, lr=lr))
+               for m, lrs in LR_GRID.items() for lr in lrs)
+  return Study("lr_sweep", runs)
+
+
+def dw_sweep(scale: Scale = Scale(), base: config_lib.SimConfig | None = None
+             ) -> Study:
+  """DEAHES-O's p ∈ {1, 2, 3} × threshold k ∈ ``grid.DW_THRESHOLDS`` under
+  each failure setting, each paired against EAHES-O in the same setting."""
+  b = _base(scale, base)
+  runs, out = [], []
+  for failures, fields in _FAILURES.items():
+    if failures == "bursty5":
+      continue
+    runs.append((f"EAHES-O_{failures}", b.replace(method="EAHES-O",
+                                                  **fields)))
+    for p, coeffs in grid.DW_COEFFS.items():
+      for threshold in grid.DW_THRESHOLDS:
+        name = f"DEAHES-O_p{p}_k{-threshold:g}_{failures}"
+        runs.append((name, b.replace(method="DEAHES-O", dw_history=p,
+                                     dw_coeffs=coeffs,
+                                     dw_threshold=threshold, **fields)))
+        out.append(Reading(f"dynamic weighting, {failures}", name,
+                           f"EAHES-O_{failures}"))
+  return Study("dw_sweep", tuple(runs), tuple(out))
+
+
+LABEL_SKEW = 0.9
+
+
+def label_skew(scale: Scale = Scale(),
+               base: config_lib.SimConfig | None = None) -> Study:
+  """Figure 3 (EAHES-O over r) on shards skewed by label (s = LABEL_SKEW),
+  each ratio paired against r = 0."""
+  b = _base(scale, base).replace(label_skew=LABEL_SKEW)
+  ratios = (0.0, 0.125, 0.25, 0.375, 0.5)
+  runs = tuple((f"EAHES-O_skew_r{round(r * 1000):03d}",
+                b.replace(method="EAHES-O", overlap_ratio=r))
+               for r in ratios)
+  out = tuple(Reading("overlap under label skew", name, runs[0][0])
+              for name, _ in runs[1:])
+  return Study("label_skew", runs, out)
+
+
+STUDIES: dict[str, Callable[..., Study]] = {
+    "readings": readings, "mechanism": mechanism, "lr_sweep": lr_sweep,
+    "dw_sweep": dw_sweep, "label_skew": label_skew}
+
+
+def get_study(name: str, scale: Scale | None = None,
+              base: config_lib.SimConfig | None = None) -> Study:
+  """The study ``name`` at ``scale`` (default: the study's own)."""
+  if name not in STUDIES:
+    raise config_lib.ConfigError(
+        f"study must be one of {sorted(STUDIES)}, got {name!r}", "study")
+  factory = STUDIES[name]
+  return factory(base=base) if scale is None else factory(scale, base=base)
+
+
+def run_study(study: Study, out_dir: str, *, data_source: str = "auto",
+              mnist_dir: str | None = None, checkpoint_every: int = 0,
+              log: Callable[[str], None] | None = None) -> None:
+  """Runs (or finishes) every run of ``study`` into ``out_dir/runs``.
+
+  Args:
+    study: the study.
+    out_dir: the study's results folder.
+    data_source: MNIST source.
+    mnist_dir: IDX or TFDS folder.
+    checkpoint_every: rounds between checkpoints of each run (0: none).
+    log: where progress goes (default: stdout).
+
+  Raises:
+    experiment.ResultsDirError: ``out_dir`` holds another study.
+  """
+  log = log or (lambda s: print(s, flush=True))
+  for _, config in study.runs:
+    experiment.check_execution(config)
+  data = experiment.load_data(data_source, mnist_dir)
+  experiment.check_writable(os.path.join(out_dir, grid.RUNS_DIR))
+  _check_study_record(out_dir, study, data.source)
+  start = time.perf_counter()
+  for i, (name, config) in enumerate(study.runs):
+    run_dir = os.path.join(out_dir, grid.RUNS_DIR, name)
+    if experiment.is_complete(run_dir):
+      log(f"[{i + 1}/{len(study.runs)}] {name}: complete, skipped")
+      continue
+    log(f"[{i + 1}/{len(study.runs)}] {name}"
+        f" ({time.perf_counter() - start:.0f} s into the study)")
+    resume = os.path.exists(os.path.join(run_dir, experiment.CONFIG_FILE))
+    experiment.run_experiment(
+        config, run_dir, data=data, checkpoint_every=checkpoint_every,
+        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"))
+  log(f"study {study.name} done in {time.perf_counter() - start:.0f} s:"
+      f" {out_dir}")
+
+
+def _check_study_record(out_dir: str, study: Study, source: str) -> None:
+  """Refuses a folder that holds another study or data source, then records
+  this one (its runs and readings too, so reports need nothing else)."""
+  path = os.path.join(out_dir, STUDY_FILE)
+  if os.path.exists(path):
+    try:
+      with open(path) as f:
+        old = json.load(f)
+      old_key = (old["study"], old["data_source"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+      raise experiment.ResultsDirError(
+          f"{out_dir!r} has an unreadable {STUDY_FILE} ({e!r}); choose"
+          " another results folder") from None
+    if old_key != (study.name, source):
+      raise experiment.ResultsDirError(
+          f"{out_dir!r} holds the study {old_key[0]!r} on {old_key[1]!r},"
+          f" not {study.name!r} on {source!r}; refusing to mix, choose"
+          " another results folder")
+  record = {"study": study.name, "data_source": source,
+            "runs": [name for name, _ in study.runs],
+            "readings": [dataclasses.astuple(r) for r in study.readings]}
+  with open(path, "w") as f:
+    json.dump(record, f, indent=2)
+
+
+def read_study(out_dir: str) -> Study | None:
+  """The study recorded in ``out_dir`` (its run configs left out: they are
+  in each run's config.json), or None for a folder that holds no study."""
+  path = os.path.join(out_dir, STUDY_FILE)
+  if not os.path.exists(path):
+    return None
+  with open(path) as f:
+    record = json.load(f)
+  return Study(record["study"],
+               tuple((name, None) for name in record["runs"]),
+               tuple(Reading(*r) for r in record["readings"]))
+
+
+def readings_table(study: Study, out_dir: str,
+                   quantity: str = "final") -> str:
+  """Markdown: every reading of ``study`` whose two runs are stored.
+
+  Columns: each run's test accuracy (mean ± sample std over seeds), the
+  paired difference a − b with its 95 % t interval, the seeds where a was
+  ahead, and the verdict (``stats.PairedDifference.verdict``).
+  """
+  runs = {name: plotting.load_run(os.path.join(out_dir, grid.RUNS_DIR, name))
+          for name, _ in study.runs}
+  what = ("final test accuracy" if quantity == "final" else
+          "test accuracy averaged over the last third of the rounds")
+  lines = [f"Master's {what}; paired differences a − b per seed, mean and"
+           " two-sided 95 % Student-t interval.", "",
+           "| question | a | b | a | b | a − b [95 % CI] | a ahead on |"
+           " verdict |", "|---|---|---|---|---|---|---|---|"]
+  for r in study.readings:
+    ra, rb = runs.get(r.a), runs.get(r.b)
+    if ra is None or rb is None:
+      continue
+    va, vb = claims.per_seed(ra, quantity), claims.per_seed(rb, quantity)
+    d = stats.paired_difference(va, vb)
+    verdict = {stats.A_AHEAD: f"{r.a} ahead", stats.B_AHEAD: f"{r.b} ahead"
+               }.get(d.verdict, stats.UNDECIDED)
+    rounds = int(min(ra.eval_rounds[-1], rb.eval_rounds[-1]))
+    partial = "" if ra.complete and rb.complete else f" (round {rounds})"
+    lines.append(
+        f"| {r.question}{partial} | {r.a} | {r.b} |"
+        f" {stats.describe(list(va.values())).format()} |"
+        f" {stats.describe(list(vb.values())).format()} | {d.format()} |"
+        f" {d.wins}/{d.n} | {verdict} |")
+  return "\n".join(lines) + "\n"
+
+
+def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
+  """Markdown: each family's accuracy per learning rate, its best rate, and
+  the best rates paired against each other.
+
+  Picking each family's best rate on the same seeds that judge it favours
+  every family alike; the table says so.
+  """
+  by_family: dict[str, dict[float, dict[int, float]]] = {}
+  for run in plotting.load_results(os.path.join(out_dir, grid.RUNS_DIR)):
+    by_family.setdefault(run.config["method"], {})[run.config["lr"]] = (
+        claims.per_seed(run, quantity))
+  lines = ["| method | lr | test accuracy (late third, mean ± std) |",
+           "|---|---|---|"]
+  best = {}
+  for method, by_lr in sorted(by_family.items()):
+    for lr, values in sorted(by_lr.items()):
+      lines.append(f"| {method} | {lr:g} |"
+                   f" {stats.describe(list(values.values())).format()} |")
+    top = max(by_lr, key=lambda lr: np.mean(list(by_lr[lr].values())))
+    best[method] = (top, by_lr[top])
+  lines += ["", "Best rate of each family, paired (selection on the same"
+            " seeds favours every family alike):", "",
+            "| a | b | a − b [95 % CI] | a ahead on |", "|---|---|---|---|"]
+  names = sorted(best)
+  for i, a in enumerate(names):
+    for b in names[i + 1:]:
+      d = stats.paired_difference(best[a][1], best[b][1])
+      lines.append(f"| {a} (lr {best[a][0]:g}) | {b} (lr {best[b][0]:g}) |"
+                   f" {d.format()} | {d.wins}/{d.n} |")
+  return "\n".join(lines) + "\n"

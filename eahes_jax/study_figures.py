@@ -1,0 +1,162 @@
+"""Figures and tables of the fidelity studies, from stored results alone.
+
+``write_report(results_dir, out_dir)`` reads a study folder written by
+``studies.run_study`` (or the paper's grid folder) and writes what the README
+shows: the claims table for the grid, the readings table, the learning-rate
+table, and the mechanism's event-aligned curves, ROC curves and table.
+"""
+
+from __future__ import annotations
+
+import os
+
+import matplotlib.figure
+import numpy as np
+
+from eahes_jax import claims
+from eahes_jax import mechanism
+from eahes_jax import plotting
+from eahes_jax import studies
+
+
+def _save(fig: matplotlib.figure.Figure, path: str) -> str:
+  fig.savefig(path, dpi=110)
+  return path
+
+
+def plot_mechanism(analyses: dict[str, mechanism.Analysis], path: str,
+                   caption: str) -> str:
+  """Event-aligned u and a (median and quartile band), one column a setting.
+
+  Args:
+    analyses: setting name -> its analysis.
+    path: the PNG to write.
+    caption: a line naming model, data, rounds and seeds.
+
+  Returns:
+    ``path``.
+  """
+  names = list(analyses)
+  # Object API, not pyplot: no global backend, inline plots keep working.
+  fig = matplotlib.figure.Figure(figsize=(3.6 * len(names), 5.6))
+  axes = fig.subplots(2, len(names), squeeze=False, sharex=True,
+                      sharey="row")
+  x = mechanism.OFFSETS
+  for j, name in enumerate(names):
+    an = analyses[name]
+    for i, (values, label, color) in enumerate((
+        (an.u, "u − u(t₀ − 1)", "tab:blue"),
+        (an.a, "raw score a", "tab:purple"))):
+      ax = axes[i][j]
+      med = np.nanmedian(values, axis=0)
+      lo, hi = np.nanpercentile(values, [25, 75], axis=0)
+      ax.plot(x, med, color=color, marker="o", ms=3, label="before exchange")
+      ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+      if i == 1 and np.isfinite(an.a_after).any():
+        med_after = np.nanmedian(an.a_after, axis=0)
+        ax.plot(x, med_after, color="tab:orange", ls="--", marker="s", ms=3,
+                label="after exchange")
+      ax.axvline(0, color="k", lw=0.8, ls=":")
+      ax.axhline(0, color="k", lw=0.5)
+      ax.grid(alpha=0.3)
+      if j == 0:
+        ax.set_ylabel(label)
+      if i == 0:
+        ax.set_title(f"{name}\n({an.events} outage ends)", fontsize=9)
+      else:
+        ax.set_xlabel("rounds from the outage's end t₀")
+  axes[1][0].legend(fontsize=8)
+  fig.suptitle("Around a worker's return: median and quartiles over events",
+               fontsize=10)
+  fig.text(0.5, 0.005, caption, ha="center", fontsize=8)
+  fig.tight_layout(rect=(0, 0.03, 1, 0.96))
+  return _save(fig, path)
+
+
+def plot_roc(analyses: dict[str, mechanism.Analysis], path: str,
+             caption: str) -> str:
+  """ROC of "a low ⇒ rejoined within r rounds", before and after readings."""
+  fig = matplotlib.figure.Figure(figsize=(5.4, 5.0))
+  ax = fig.subplots()
+  styles = ["-", "--", "-.", ":"]
+  for i, (name, an) in enumerate(analyses.items()):
+    line, = ax.plot(an.roc_before.fpr, an.roc_before.tpr,
+                    ls=styles[i % len(styles)],
+                    label=f"{name}: AUC {an.roc_before.auc:.2f}")
+    if an.roc_after is not None:
+      ax.plot(an.roc_after.fpr, an.roc_after.tpr, color=line.get_color(),
+              ls=styles[i % len(styles)], alpha=0.45,
+              label=f"  after-exchange reading: {an.roc_after.auc:.2f}")
+  ax.plot([0, 1], [0, 1], color="k", lw=0.6)
+  window = next(iter(analyses.values())).window
+  ax.set_title(f"Does a separate rejoin rounds (t − t₀ < {window}) from"
+               " healthy ones?", fontsize=9)
+  ax.set_xlabel("healthy rounds flagged (false-positive rate)")
+  ax.set_ylabel("rejoin rounds flagged (true-positive rate)")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=7, loc="lower right")
+  fig.text(0.5, 0.005, caption, ha="center", fontsize=7)
+  fig.tight_layout(rect=(0, 0.03, 1, 1))
+  return _save(fig, path)
+
+
+def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
+  """Writes a study folder's tables and figures; returns the paths written.
+
+  For a grid folder (no study.json) it writes ``claims.md``; for a study,
+  ``<study>.md`` (its readings or sweep table) and, for the mechanism study,
+  ``mechanism_curves.png``, ``mechanism_roc.png`` and ``mechanism_events.md``.
+
+  Raises:
+    FileNotFoundError: the folder holds no evaluated runs.
+  """
+  out_dir = out_dir or results_dir
+  os.makedirs(out_dir, exist_ok=True)
+  study = studies.read_study(results_dir)
+  written = []
+
+  def write(file: str, text: str) -> None:
+    path = os.path.join(out_dir, file)
+    with open(path, "w") as f:
+      f.write(text)
+    written.append(path)
+
+  if study is None:
+    runs = plotting.load_results(results_dir)
+    if not runs:
+      raise FileNotFoundError(
+          f"no results with evaluations in {results_dir!r}")
+    write("claims.md", "## Final test accuracy\n\n"
+          + claims.claims_table(runs, "final")
+          + "\n## Test accuracy over the last third of the rounds\n\n"
+          + claims.claims_table(runs, "late"))
+    return written
+  name = study.name
+  stored = [plotting.load_run(os.path.join(results_dir, "runs", n))
+            for n, _ in study.runs]
+  stored = [r for r in stored if r is not None]
+  if not stored:
+    raise FileNotFoundError(f"no results with evaluations in {results_dir!r}")
+  c = stored[0].config
+  caption = (f"{c['model']}, MNIST ({stored[0].data_source}),"
+             f" k = {c['num_workers']}, {c['rounds']} rounds,"
+             f" {len(stored[0].seeds)} seeds, failure rate"
+             f" {c['failure_rate']:.3g}")
+  if name == "lr_sweep":
+    write("lr_sweep.md", studies.lr_sweep_table(results_dir))
+  elif study.readings:
+    write(f"{name}.md", "## Final test accuracy\n\n"
+          + studies.readings_table(study, results_dir, "final")
+          + "\n## Test accuracy over the last third of the rounds\n\n"
+          + studies.readings_table(study, results_dir, "late"))
+  if name == "mechanism":
+    analyses = mechanism.study_analyses(results_dir,
+                                        [n for n, _ in study.runs])
+    natural = {n: a for n, a in analyses.items() if n.startswith("EAHES-O")}
+    if natural:
+      written.append(plot_mechanism(
+          natural, os.path.join(out_dir, "mechanism_curves.png"), caption))
+      written.append(plot_roc(
+          natural, os.path.join(out_dir, "mechanism_roc.png"), caption))
+    write("mechanism_events.md", mechanism.summary_table(analyses))
+  return written

@@ -1,0 +1,101 @@
+"""The mechanism analysis on series built by hand."""
+
+import numpy as np
+import pytest
+
+from eahes_jax import mechanism
+from eahes_jax import weighting
+
+COEFFS = (0.6, 0.3, 0.1)
+
+
+def test_outage_ends_and_rejoin_labels():
+  c = np.array([[1, 1], [0, 1], [0, 1], [1, 0], [1, 1], [1, 1], [0, 1],
+                [1, 1]], bool)
+  assert mechanism.outage_ends(c) == [(3, 0), (4, 1), (7, 0)]
+  labels = mechanism.rejoin_labels(c, window=2)
+  expected = np.zeros_like(c)
+  expected[[3, 4, 7], 0] = True
+  expected[[4, 5], 1] = True
+  np.testing.assert_array_equal(labels, expected)
+
+
+def test_scores_are_eq_10_on_a_sliding_window():
+  rng = np.random.default_rng(0)
+  u = rng.normal(size=(9, 3))
+  a = mechanism.scores(u, COEFFS)
+  assert np.isnan(a[:3]).all()
+  for t in range(3, 9):
+    by_hand = sum(c * (u[t - j] - u[t - j - 1]) for j, c in enumerate(COEFFS))
+    np.testing.assert_allclose(a[t], by_hand, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        a[t], weighting.raw_score(u[t - 3:t + 1].T, np.array(COEFFS)),
+        rtol=1e-5, atol=1e-6)
+
+
+def test_aligned_pads_outside_the_run():
+  values = np.arange(20, dtype=float).reshape(10, 2)
+  out = mechanism.aligned(values, [(2, 1)])
+  assert out.shape == (1, mechanism.OFFSETS.size)
+  t = 2 + mechanism.OFFSETS
+  inside = (t >= 0) & (t < 10)
+  np.testing.assert_array_equal(out[0, inside], values[t[inside], 1])
+  assert np.isnan(out[0, ~inside]).all()
+
+
+def test_roc_auc_by_hand():
+  # Rejoin scores (−3, −1, 0) against healthy (−2, 0, 1, 2): pairs with the
+  # rejoin lower: −3 beats all 4; −1 beats 3 (0, 1, 2); 0 beats 2 and ties
+  # 1 (½): (4 + 3 + 2.5) / 12.
+  r = mechanism.roc([-3.0, -1.0, 0.0], [-2.0, 0.0, 1.0, 2.0])
+  assert r.auc == pytest.approx(9.5 / 12)
+  assert (r.positives, r.negatives) == (3, 4)
+  assert r.fpr[0] == 0 and r.tpr[-1] == 1 and r.fpr[-1] == 1
+  assert np.all(np.diff(r.fpr) >= 0) and np.all(np.diff(r.tpr) >= 0)
+  perfect = mechanism.roc([-5.0, -4.0], [1.0, 2.0])
+  assert perfect.auc == 1.0
+  chance = mechanism.roc([1.0, 2.0], [1.0, 2.0])
+  assert chance.auc == pytest.approx(0.5)
+
+
+def test_analyse_sees_a_distance_that_drops_at_the_return():
+  # u grows by 0.1 a round while a worker is away and drops by 1 at the
+  # exchange that brings it back, then stays: a turns negative one round
+  # after t₀ with the before reading, at t₀ with the after reading.
+  rounds, k = 64, 2
+  # Outages of 2 rounds every 8, staggered across the two workers, so each
+  # score window holds one event at most.
+  connected = np.ones((rounds, k), bool)
+  for start in range(5, rounds, 8):
+    connected[start:start + 2, 0] = False
+    connected[start + 3:start + 5, 1] = False
+  u = np.zeros((rounds, k))
+  u_after = np.zeros((rounds, k))
+  for w in range(k):
+    level = 0.0
+    for t in range(rounds):
+      if not connected[t, w]:
+        level += 0.1
+      u[t, w] = level
+      if connected[t, w] and t > 0 and not connected[t - 1, w]:
+        level -= 1.0
+      u_after[t, w] = level
+  series = [mechanism.RoundSeries(connected, u, u_after)]
+  an = mechanism.analyse(series, COEFFS, window=2)
+  z = mechanism.BEFORE
+  assert an.events == len(mechanism.outage_ends(connected))
+  finite = lambda x: x[np.isfinite(x)]   # The last event ends the run.
+  assert finite(an.a[:, z + 1]).size == an.events - 1
+  np.testing.assert_allclose(an.a[:, z], 0.6 * 0 + 0.3 * 0.1 + 0.1 * 0.1,
+                             atol=1e-6)   # Still drifting: a ≥ 0 at t₀.
+  np.testing.assert_allclose(finite(an.a[:, z + 1]), 0.6 * -1 + 0.3 * 0 + 0.1 * 0.1,
+                             atol=1e-6)   # The drop is seen one round late.
+  np.testing.assert_allclose(an.a_after[:, z], 0.6 * -1 + 0.3 * 0.1
+                             + 0.1 * 0.1, atol=1e-6)
+  # Every rejoin round (t − t₀ < 2) is a positive, every other connected
+  # round a negative.
+  labels = mechanism.rejoin_labels(connected, 2)
+  assert an.roc_before.positives == labels.sum()
+  assert an.roc_before.negatives == (connected & ~labels)[3:].sum()
+  # u is aligned to its value in the outage's last round.
+  np.testing.assert_allclose(an.u[:, z - 1], 0.0)

@@ -1,0 +1,109 @@
+"""The fidelity studies: what they run, that they resume, what they report."""
+
+import dataclasses
+import json
+
+import pytest
+
+from eahes_jax import config as config_lib
+from eahes_jax import experiment
+from eahes_jax import studies
+from eahes_jax import study_figures
+
+
+def differing_fields(a, b):
+  da, db = a.to_dict(), b.to_dict()
+  return sorted(k for k in da if da[k] != db[k])
+
+
+@pytest.mark.parametrize("name", sorted(studies.STUDIES))
+def test_every_reading_pairs_two_runs_of_its_study(name):
+  study = studies.get_study(name)
+  names = [n for n, _ in study.runs]
+  assert len(set(names)) == len(names)
+  configs = dict(study.runs)
+  for r in study.readings:
+    assert r.a in configs and r.b in configs, r
+  # Every run of a study shares its scale and seeds: comparisons are paired.
+  scales = {(c.model, c.rounds, c.num_seeds, c.seed, c.eval_every)
+            for c in configs.values()}
+  assert len(scales) == 1
+
+
+def test_readings_change_one_thing_against_their_baseline():
+  study = studies.get_study("readings")
+  c = dict(study.runs)
+  assert differing_fields(c["DEAHES-O_crash"], c["EAHES-O_crash"]) == [
+      "method"]
+  assert differing_fields(c["EAHES-O_crash"], c["EAHES-O_bernoulli"]) == [
+      "failure_mode"]
+  assert differing_fields(c["EAHES-O_bursty20"], c["EAHES-O_bernoulli"]) == [
+      "failure_model", "mean_outage"]
+  assert differing_fields(c["EAHES-OM-ignore_bernoulli"],
+                          c["EAHES-OM_bernoulli"]) == ["oracle_variant"]
+  assert differing_fields(c["EAADAM-O_bernoulli"],
+                          c["EAHES-O_bernoulli"]) == ["method"]
+  base = c["EAHES-O_bernoulli"]
+  assert (base.model, base.rounds, base.num_seeds, base.num_workers,
+          base.comm_period) == ("small_cnn", 300, 5, 4, 1)
+
+
+def test_unknown_study_names_the_flag():
+  with pytest.raises(config_lib.ConfigError) as e:
+    studies.get_study("nope")
+  assert e.value.field == "study"
+
+
+def tiny_study(name="mechanism"):
+  base = config_lib.SimConfig(model="mlp", rounds=12, num_seeds=2,
+                              eval_every=6, train_eval_size=100,
+                              num_workers=3, execution="vmap", batch_size=16)
+  runs = (("EAHES-O_disconnect_tau1", base.replace(method="EAHES-O")),
+          ("DEAHES-O_disconnect_tau1", base.replace(method="DEAHES-O")))
+  readings = (studies.Reading("weighting", runs[1][0], runs[0][0]),)
+  return studies.Study(name, runs, readings)
+
+
+@pytest.fixture(scope="module")
+def study_dir(tmp_path_factory):
+  out = tmp_path_factory.mktemp("study")
+  log = []
+  studies.run_study(tiny_study(), str(out), data_source="sample",
+                    log=log.append)
+  return out, log
+
+
+def test_run_study_runs_every_run_and_records_the_study(study_dir):
+  out, log = study_dir
+  for name, _ in tiny_study().runs:
+    assert experiment.is_complete(str(out / "runs" / name))
+  record = json.loads((out / studies.STUDY_FILE).read_text())
+  assert record["study"] == "mechanism"
+  assert record["runs"] == [n for n, _ in tiny_study().runs]
+  assert log[-1].startswith("study mechanism done")
+  back = studies.read_study(str(out))
+  assert back.readings == tiny_study().readings
+
+
+def test_run_study_again_skips_and_refuses_another_study(study_dir):
+  out, _ = study_dir
+  log = []
+  studies.run_study(tiny_study(), str(out), data_source="sample",
+                    log=log.append)
+  assert sum(l.endswith("complete, skipped") for l in log) == 2
+  with pytest.raises(experiment.ResultsDirError, match="refusing to mix"):
+    studies.run_study(tiny_study("readings"), str(out), data_source="sample")
+
+
+def test_report_of_a_study_folder(study_dir, tmp_path):
+  out, _ = study_dir
+  written = study_figures.write_report(str(out), str(tmp_path))
+  names = sorted(p.split("/")[-1] for p in written)
+  assert names == ["mechanism.md", "mechanism_curves.png",
+                   "mechanism_events.md", "mechanism_roc.png"]
+  table = (tmp_path / "mechanism.md").read_text()
+  assert ("| weighting | DEAHES-O_disconnect_tau1 | EAHES-O_disconnect_tau1 |"
+          in table)
+  events = (tmp_path / "mechanism_events.md").read_text()
+  assert "| EAHES-O_disconnect_tau1 |" in events
+  assert "| DEAHES-O_disconnect_tau1 |" in events
