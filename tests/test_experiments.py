@@ -228,6 +228,27 @@ def _two_cpu_devices() -> dict[str, str]:
   return env
 
 
+@pytest.mark.parametrize("module", ["train", "reproduce_paper"])
+def test_idx_without_a_folder_names_mnist_dir(module, tmp_path):
+  env = dict(os.environ)
+  env.pop("EAHES_MNIST_DIR", None)
+  proc = run_binary(module, "--data_source=idx", f"--out_dir={tmp_path}/o",
+                    env=env)
+  assert proc.returncode == 1
+  lines = error_lines(proc.stderr)
+  assert len(lines) == 1 and lines[0].startswith("error: --mnist_dir"), lines
+
+
+def test_tfds_offline_error_names_the_offline_flags(monkeypatch, tmp_path):
+  from eahes_jax import data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: True)
+  monkeypatch.setattr(data, "_download_host_reachable", lambda *a, **k: False)
+  with pytest.raises(data.DataError) as info:
+    experiment.load_data("tfds", str(tmp_path))
+  assert "--mnist_dir" in str(info.value)
+  assert "--data_source=sample" in str(info.value)
+
+
 @pytest.mark.parametrize("module,args,flag", [
     ("train", ["--method=NOPE"], "--method"),
     ("train", ["--num_workers=0"], "--num_workers"),
