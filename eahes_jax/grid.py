@@ -165,7 +165,8 @@ def run_grid(preset: Preset, out_dir: str, *,
              base: config_lib.SimConfig | None = None,
              data_source: str | None = None, mnist_dir: str | None = None,
              checkpoint_every: int = 0,
-             log: Callable[[str], None] | None = None
+             log: Callable[[str], None] | None = None,
+             tensorboard: bool = False
              ) -> list[experiment.RunSummary]:
   """Runs (or finishes) the whole grid into ``out_dir``.
 
@@ -177,6 +178,8 @@ def run_grid(preset: Preset, out_dir: str, *,
     mnist_dir: IDX or TFDS folder.
     checkpoint_every: rounds between checkpoints of each run (0: none).
     log: where progress goes (default: stdout).
+    tensorboard: write TensorBoard events into each run's folder
+      (``RUN/tensorboard``; needs tensorboardX).
 
   Returns:
     Every run's summary, in run order.
@@ -191,6 +194,7 @@ def run_grid(preset: Preset, out_dir: str, *,
   _check_grid_record(out_dir, preset, data.source)
   summaries = []
   start = time.perf_counter()
+  log(f"grid results folder: {out_dir} ({len(configs)} runs)")
   for i, config in enumerate(configs):
     name = run_name(config)
     run_dir = os.path.join(out_dir, RUNS_DIR, name)
@@ -204,7 +208,9 @@ def run_grid(preset: Preset, out_dir: str, *,
     resume = os.path.exists(os.path.join(run_dir, experiment.CONFIG_FILE))
     summaries.append(experiment.run_experiment(
         config, run_dir, data=data, checkpoint_every=checkpoint_every,
-        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}")))
+        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"),
+        tensorboard_dir=(os.path.join(run_dir, "tensorboard") if tensorboard
+                         else None)))
   log(f"grid done in {time.perf_counter() - start:.0f} s: {out_dir}")
   return summaries
 

@@ -26,6 +26,7 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import experiment
 from eahes_jax import grid
+from eahes_jax import tensorboard_log
 
 _PRESET = flags.DEFINE_enum("preset", "quick", list(grid.PRESETS),
                             "Grid size: quick (CPU) or paper (accelerator).")
@@ -60,6 +61,12 @@ _OVERLAP_RATIOS = flags.DEFINE_list(
     "overlap_ratios", None, "Override the overlap sweep's r values (Fig. 3;"
     " comma-separated; empty: no sweep).")
 
+_TENSORBOARD = flags.DEFINE_bool(
+    "tensorboard", True,
+    "Write TensorBoard events into each run's folder (RUN/tensorboard; view"
+    " them all with tensorboard --logdir OUT_DIR/runs) when tensorboardX is"
+    f" installed ({tensorboard_log.INSTALL_HINT}).")
+
 flags.mark_flag_as_required("out_dir")
 
 
@@ -88,7 +95,8 @@ def main(argv):
     grid.run_grid(preset, _OUT_DIR.value,
                   base=config_lib.SimConfig(execution=_EXECUTION.value),
                   data_source=_DATA_SOURCE.value, mnist_dir=_MNIST_DIR.value,
-                  checkpoint_every=_CHECKPOINT_EVERY.value)
+                  checkpoint_every=_CHECKPOINT_EVERY.value,
+                  tensorboard=_TENSORBOARD.value and tensorboard_log.available())
   except experiment.EXPECTED_ERRORS as e:
     sys.exit(experiment.main_error(e))
 

@@ -20,6 +20,7 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import experiment
 from eahes_jax import methods
+from eahes_jax import tensorboard_log
 
 _D = config_lib.SimConfig()
 
@@ -111,6 +112,12 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
     "checkpoint_every", 0, "Rounds between checkpoints (0: none).")
 _RESUME = flags.DEFINE_bool("resume", False,
                             "Continue the run in --out_dir.")
+_TENSORBOARD_DIR = flags.DEFINE_string(
+    "tensorboard_dir", None,
+    "TensorBoard events (the master's evaluations, per-worker h_worker,"
+    " h_master, score, connected, the config as hparams). Default:"
+    " OUT_DIR/tensorboard when tensorboardX is installed"
+    f" ({tensorboard_log.INSTALL_HINT}), else none; 'none': off.")
 
 
 def main(argv):
@@ -138,7 +145,9 @@ def main(argv):
     experiment.run_experiment(
         config, out_dir, data_source=_DATA_SOURCE.value,
         mnist_dir=_MNIST_DIR.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-        resume=_RESUME.value)
+        resume=_RESUME.value,
+        tensorboard_dir=tensorboard_log.resolve_dir(_TENSORBOARD_DIR.value,
+                                                    out_dir))
   except experiment.EXPECTED_ERRORS as e:
     sys.exit(experiment.main_error(e))
 

@@ -107,14 +107,19 @@ def test_train_metrics_have_the_documented_columns(train_run):
 def test_train_prints_progress_and_a_one_line_summary(train_run):
   out, proc = train_run
   lines = proc.stdout.strip().splitlines()
+  assert lines[0] == f"results folder: {out}"
+  assert lines[1].startswith("compiling… (the first chunk of 2 rounds")
   progress = [l for l in lines if l.startswith("round ")]
   assert [l.split(" |")[0] for l in progress] == ["round 2/4", "round 4/4"]
-  for l in progress:
-    assert re.search(r"\| [\d.]+ rounds/s \| \d+ s left \| test accuracy"
-                     r" [01]\.\d{4}$", l), l
+  # The first chunk compiles: no rate from it, its duration instead.
+  assert re.search(r"\| first 2 rounds in [\d.]+ s, compiling included \|"
+                   r" test accuracy [01]\.\d{4}$", progress[0]), progress[0]
+  assert re.search(r"\| [\d.]+ rounds/s \| \d+ s left \| test accuracy"
+                   r" [01]\.\d{4}$", progress[1]), progress[1]
   summary = experiment.RunSummary(
       **json.loads((out / experiment.SUMMARY_FILE).read_text()))
-  assert lines[-1] == summary.line()
+  assert lines[-2] == summary.line()
+  assert lines[-1] == f"results in {out}"
   # The summary's numbers are the last evaluation's, per seed.
   final = [r for r in experiment.read_metrics(str(out)) if r["round"] == 4]
   assert summary.seeds == [3, 4]
