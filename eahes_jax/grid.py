@@ -65,7 +65,7 @@ class Preset:
 
 
 PRESETS = {
-    # All 40 runs: 3 min 28 s on a 2-core CPU (README).
+    # All 40 runs: 3.5 to over 10 minutes on a 2-core CPU, by load (README).
     "quick": Preset(name="quick", model="mlp", rounds=40, num_seeds=3,
                     eval_every=10, train_eval_size=2000,
                     data_source="sample"),

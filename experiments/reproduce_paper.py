@@ -6,11 +6,15 @@ r"""Runs the paper's grid (Figures 3-5) into one results folder.
 Six methods × k ∈ {4, 8} × τ ∈ {1, 2, 4} × 3 seeds at failure rate 1/3, and
 the overlap sweep r ∈ {0, 12.5, 25, 37.5, 50} % on EAHES-O. Complete runs are
 skipped and interrupted ones resume, so an interrupted grid is finished by
-running the same command again. --preset=quick finishes on a 2-core CPU in
-under 20 minutes; --preset=paper is for an accelerator.
+running the same command again. --preset=quick is for checking the pipeline
+on a CPU: its 40 runs took from 3.5 minutes (2 cores, nothing else running)
+to over 10 minutes (the cores shared with other jobs), see the README;
+--preset=paper is for an accelerator (--eval_every=5 for smoother curves than
+the preset's 10). Each run prints "compiling…" first: its first progress line
+includes the compilation, the rates after it do not.
 
 --methods, --workers, --periods and --overlap_ratios reshape the grid, e.g. a
-one-minute smoke test of the whole pipeline:
+short smoke test of the whole pipeline:
 
   python -m experiments.reproduce_paper --out_dir=/tmp/smoke --rounds=4 \
       --num_seeds=1 --methods=EASGD,DEAHES-O --workers=2 --periods=1 \

@@ -4,11 +4,16 @@ Example (the paper's DEAHES-O with 4 workers, τ = 1, on full MNIST):
 
   python -m experiments.train --method=DEAHES-O --num_workers=4 \
       --comm_period=1 --rounds=200 --num_seeds=3 \
-      --data_source=idx --mnist_dir=../shared/data/mnist --out_dir=runs/deahes
+      --data_source=idx --mnist_dir=/path/to/mnist --out_dir=runs/deahes
 
 The folder gets config.json, metrics.jsonl (one row per round and seed),
 summary.json and, with --checkpoint_every, orbax checkpoints that --resume
-continues from. Defaults follow algorithms.md §7.
+continues from. Defaults follow docs/algorithms.md §7. With tensorboardX
+installed, TensorBoard events go to OUT_DIR/tensorboard as well.
+
+The first progress line comes after the first chunk of --eval_every rounds,
+which includes XLA's compilation (tens of seconds on a CPU); rates and the time
+left are measured from the second chunk on.
 """
 
 import sys

