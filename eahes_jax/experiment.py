@@ -125,7 +125,8 @@ def load_data(data_source: str, mnist_dir: str | None) -> data_lib.MNIST:
       folder (neither ``mnist_dir`` nor $EAHES_MNIST_DIR); named after
       ``mnist_dir``.
     data.DataError: the data did not load; offline TFDS names the flags
-      that load MNIST without a network.
+      that load MNIST without a network, and TFDS without TensorFlow the
+      extra to install.
   """
   if mnist_dir is not None and not os.path.isdir(mnist_dir):
     raise config_lib.ConfigError(
@@ -136,6 +137,10 @@ def load_data(data_source: str, mnist_dir: str | None) -> data_lib.MNIST:
     raise config_lib.ConfigError(
         "mnist_dir is required with --data_source=idx: the folder of the four"
         f" MNIST IDX files (or set {data_lib.ENV_MNIST_DIR})", "mnist_dir")
+  if data_source == "tfds" and not data_lib.tensorflow_installed():
+    raise data_lib.DataError(
+        "--data_source=tfds needs TensorFlow, which is not installed:"
+        f" {data_lib.TFDS_INSTALL_HINT}")
   try:
     return data_lib.load_mnist(data_source, mnist_dir)
   except data_lib.DownloadError as e:

@@ -254,6 +254,15 @@ def test_tfds_offline_error_names_the_offline_flags(monkeypatch, tmp_path):
   assert "--data_source=sample" in str(info.value)
 
 
+def test_tfds_without_tensorflow_names_the_flag_and_the_extra(monkeypatch):
+  from eahes_jax import data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: False)
+  with pytest.raises(data.DataError) as info:
+    experiment.load_data("tfds", None)
+  assert str(info.value).startswith("--data_source=tfds needs TensorFlow")
+  assert 'pip install -e ".[tfds]"' in str(info.value)
+
+
 @pytest.mark.parametrize("module,args,flag", [
     ("train", ["--method=NOPE"], "--method"),
     ("train", ["--num_workers=0"], "--num_workers"),
