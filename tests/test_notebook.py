@@ -1,7 +1,7 @@
 """experiments/colab.ipynb runs top to bottom as on a fresh runtime.
 
 The notebook runs in a fresh Jupyter kernel through nbclient, as "Run all"
-would, with its first cell pointed at a copy of this checkout and
+would, with its first cell pointed at a copy of this checkout (``REPO_DIR``) and
 ``REINSTALL = True``: the install cell then really installs eahes_jax, as on
 a fresh Colab runtime. The kernel runs in a virtual environment created for
 the test on top of this interpreter's packages (``--system-site-packages``),
@@ -84,7 +84,7 @@ def executed(tmp_path_factory):
 
   nb = nbformat.read(NOTEBOOK, as_version=4)
   first = _code_cells(nb)[0]
-  first.source = _set(first.source, "SOURCE", repr(str(source)))
+  first.source = _set(first.source, "REPO_DIR", repr(str(source)))
   first.source = _set(first.source, "REINSTALL", "True")
   # Re-run as a user would after changing a variable: another failure rate
   # (one method, to keep it short), its runs, and the plot again.
@@ -133,7 +133,7 @@ def test_no_cell_installs_tensorflow_or_touches_jax():
         assert not re.search(r"tensorflow|\bjax|\btf-|--upgrade|\s-U\b",
                              line), line
   # The installer the install cell runs is the tested one, from the source.
-  install = _code_cells(nb)[1].source
+  install = _code_cells(nb)[2].source
   assert '"experiments", "colab_install.py"' in install
   assert "colab_install.install(src)" in install
 
@@ -143,7 +143,7 @@ def test_every_cell_ran_without_error(executed):
   for cell in _code_cells(nb):
     assert cell.execution_count is not None
     assert not [o for o in cell.outputs if o.output_type == "error"]
-  install, drive, devices = _code_cells(nb)[1:4]
+  drive, install, devices = _code_cells(nb)[1:4]
   # Installed from the checkout, into the kernel's environment, and nothing
   # else was installed: the environment had every other requirement.
   assert "every other requirement was present" in _text(install)
