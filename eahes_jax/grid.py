@@ -65,7 +65,7 @@ class Preset:
 
 
 PRESETS = {
-    # All 40 runs: 3 min 28 s on a 2-core CPU (README).
+    # All 40 runs: 3.5 to over 10 minutes on a 2-core CPU, by load (README).
     "quick": Preset(name="quick", model="mlp", rounds=40, num_seeds=3,
                     eval_every=10, train_eval_size=2000,
                     data_source="sample"),
@@ -165,7 +165,8 @@ def run_grid(preset: Preset, out_dir: str, *,
              base: config_lib.SimConfig | None = None,
              data_source: str | None = None, mnist_dir: str | None = None,
              checkpoint_every: int = 0,
-             log: Callable[[str], None] | None = None
+             log: Callable[[str], None] | None = None,
+             tensorboard: bool = False
              ) -> list[experiment.RunSummary]:
   """Runs (or finishes) the whole grid into ``out_dir``.
 
@@ -177,6 +178,8 @@ def run_grid(preset: Preset, out_dir: str, *,
     mnist_dir: IDX or TFDS folder.
     checkpoint_every: rounds between checkpoints of each run (0: none).
     log: where progress goes (default: stdout).
+    tensorboard: write TensorBoard events into each run's folder
+      (``RUN/tensorboard``; needs tensorboardX).
 
   Returns:
     Every run's summary, in run order.
@@ -189,23 +192,53 @@ def run_grid(preset: Preset, out_dir: str, *,
   data = experiment.load_data(data_source or preset.data_source, mnist_dir)
   experiment.check_writable(os.path.join(out_dir, RUNS_DIR))
   _check_grid_record(out_dir, preset, data.source)
+  log(f"grid results folder: {out_dir} ({len(configs)} runs)")
+  start = time.perf_counter()
+  summaries = run_configs([(run_name(c), c) for c in configs], out_dir,
+                          data=data, checkpoint_every=checkpoint_every,
+                          log=log, tensorboard=tensorboard)
+  log(f"grid done in {time.perf_counter() - start:.0f} s: {out_dir}")
+  return summaries
+
+
+def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
+                *, data, checkpoint_every: int = 0,
+                log: Callable[[str], None], tensorboard: bool = False
+                ) -> list[experiment.RunSummary]:
+  """Runs each (name, config) into ``out_dir/runs/name``, in order.
+
+  A complete run is skipped (its summary read back); a folder holding an
+  interrupted run resumes it from its last checkpoint. Shared by the grid
+  and the studies (``studies.run_study``).
+
+  Args:
+    runs: folder names and configurations.
+    out_dir: the results folder.
+    data: the loaded dataset.
+    checkpoint_every: rounds between checkpoints of each run (0: none).
+    log: where progress goes.
+    tensorboard: write TensorBoard events into each run's folder.
+
+  Returns:
+    Every run's summary, in run order.
+  """
   summaries = []
   start = time.perf_counter()
-  for i, config in enumerate(configs):
-    name = run_name(config)
+  for i, (name, config) in enumerate(runs):
     run_dir = os.path.join(out_dir, RUNS_DIR, name)
     if experiment.is_complete(run_dir):
       with open(os.path.join(run_dir, experiment.SUMMARY_FILE)) as f:
         summaries.append(experiment.RunSummary(**json.load(f)))
-      log(f"[{i + 1}/{len(configs)}] {name}: complete, skipped")
+      log(f"[{i + 1}/{len(runs)}] {name}: complete, skipped")
       continue
-    log(f"[{i + 1}/{len(configs)}] {name} ({time.perf_counter() - start:.0f}"
-        " s into the grid)")
+    log(f"[{i + 1}/{len(runs)}] {name} ({time.perf_counter() - start:.0f}"
+        " s in)")
     resume = os.path.exists(os.path.join(run_dir, experiment.CONFIG_FILE))
     summaries.append(experiment.run_experiment(
         config, run_dir, data=data, checkpoint_every=checkpoint_every,
-        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}")))
-  log(f"grid done in {time.perf_counter() - start:.0f} s: {out_dir}")
+        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"),
+        tensorboard_dir=(os.path.join(run_dir, "tensorboard") if tensorboard
+                         else None)))
   return summaries
 
 

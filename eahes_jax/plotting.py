@@ -1,4 +1,13 @@
-"""The paper's Figures 3-5 and the results table, from stored results alone."""
+"""The paper's Figures 3-5 and the results table, from stored results alone.
+
+Figures are drawn on `matplotlib.figure.Figure` objects, never through
+pyplot's global state, so importing this module leaves matplotlib's backend
+alone (inline plots in a notebook keep working) and the binaries need no
+display. Every method has its own colour, line style and marker; a seed band
+(mean ± std) is a light fill edged by thin lines in the method's style, so
+overlapping bands stay apart; panels of a row share their y-axis; a caption
+line under each figure says which model, data, rounds and seeds it shows.
+"""
 
 from __future__ import annotations
 
@@ -7,10 +16,7 @@ import json
 import os
 from typing import Any
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+from matplotlib import figure as figure_lib
 import numpy as np
 
 from eahes_jax import experiment
@@ -18,13 +24,31 @@ from eahes_jax import methods
 from eahes_jax import stats
 
 _STYLE = {  # Method -> matplotlib style, stable across figures.
-    "EASGD": dict(color="tab:gray", ls="--"),
-    "EAMSGD": dict(color="tab:brown", ls="--"),
-    "EAHES": dict(color="tab:blue"),
-    "EAHES-O": dict(color="tab:green"),
-    "EAHES-OM": dict(color="tab:red"),
-    "DEAHES-O": dict(color="tab:purple", lw=2),
+    "EASGD": dict(color="tab:gray", ls="--", marker="o"),
+    "EAMSGD": dict(color="tab:brown", ls="-.", marker="s"),
+    "EAHES": dict(color="tab:blue", ls="-", marker="^"),
+    "EAHES-O": dict(color="tab:green", ls=":", marker="v"),
+    "EAHES-OM": dict(color="tab:red", ls=(0, (6, 2, 1, 2)), marker="D"),
+    "DEAHES-O": dict(color="tab:purple", ls="-", marker="*", lw=2),
 }
+# Styles of curves that are not methods (e.g. the overlap ratios), by index.
+_CYCLE = [
+    dict(color="tab:blue", ls="-", marker="o"),
+    dict(color="tab:orange", ls="--", marker="s"),
+    dict(color="tab:green", ls="-.", marker="^"),
+    dict(color="tab:red", ls=":", marker="v"),
+    dict(color="tab:purple", ls=(0, (6, 2, 1, 2)), marker="D"),
+    dict(color="tab:brown", ls=(0, (1, 1)), marker="P"),
+]
+# About this many markers per curve, whatever the number of evaluations.
+_MARKERS_PER_CURVE = 8
+
+
+def style(label: str, index: int = 0) -> dict[str, Any]:
+  """The line style of a method (by name), else the index-th of a cycle."""
+  if label in _STYLE:
+    return dict(_STYLE[label])
+  return dict(_CYCLE[index % len(_CYCLE)])
 
 
 @dataclasses.dataclass
@@ -101,14 +125,40 @@ def load_results(results_dir: str) -> list[RunCurves]:
   return runs
 
 
-def _band(ax, run: RunCurves, values: np.ndarray, label: str,
-          **style) -> None:
+def band(ax, run: RunCurves, values: np.ndarray, label: str,
+         index: int = 0, **overrides) -> None:
+  """Mean over seeds as a line, ± sample std (ddof = 1) as a band edged in
+  the line's style.
+
+  Args:
+    ax: the matplotlib axes.
+    run: the run (its evaluated rounds are the x values).
+    values: (seeds, evaluations) values to draw.
+    label: the legend label; a method's name selects its style.
+    index: the curve's index, for labels without a style of their own.
+    **overrides: matplotlib style keywords that replace the defaults.
+  """
+  kw = style(label, index)
+  kw.update(overrides)
   mean = np.nanmean(values, axis=0)
-  std = np.nanstd(values, axis=0)
-  line, = ax.plot(run.eval_rounds, mean, label=label, **style)
+  std = (np.nanstd(values, axis=0, ddof=1) if values.shape[0] > 1
+         else np.zeros_like(mean))
+  n = len(run.eval_rounds)
+  step = max(1, n // _MARKERS_PER_CURVE)
+  # Markers of different curves fall on different evaluations.
+  kw.setdefault("markevery", (index % step, step))
+  kw.setdefault("markersize", 5)
+  line, = ax.plot(run.eval_rounds, mean, label=label, **kw)
   if values.shape[0] > 1:
-    ax.fill_between(run.eval_rounds, mean - std, mean + std,
-                    color=line.get_color(), alpha=0.15, lw=0)
+    color = line.get_color()
+    ax.fill_between(run.eval_rounds, mean - std, mean + std, color=color,
+                    alpha=0.10, lw=0)
+    for edge in (mean - std, mean + std):
+      ax.plot(run.eval_rounds, edge, color=color, ls=line.get_linestyle(),
+              lw=0.6, alpha=0.6)
+
+
+_band = band  # The name before band was public.
 
 
 def _grid_runs(runs: list[RunCurves]) -> dict[tuple[int, int], list[RunCurves]]:
@@ -126,11 +176,42 @@ def _grid_runs(runs: list[RunCurves]) -> dict[tuple[int, int], list[RunCurves]]:
   return panels
 
 
-def _order(runs: list[RunCurves]) -> list[RunCurves]:
+def order_runs(runs: list[RunCurves]) -> list[RunCurves]:
+  """Runs in the paper's method order (unknown methods last, by name)."""
   known = list(methods.PAPER_METHODS)
   return sorted(runs, key=lambda r: (known.index(r.key[0])
                                      if r.key[0] in known else len(known),
                                      r.key[0]))
+
+
+_order = order_runs  # The name before order_runs was public.
+
+
+def _values(runs: list[RunCurves], field: str) -> str:
+  found = sorted({str(run.config.get(field)) for run in runs})
+  return "/".join(found)
+
+
+def caption(runs: list[RunCurves]) -> str:
+  """One line saying what the runs are: model, data, rounds, seeds, ...
+
+  E.g. ``model small_cnn · data idx (60,000 train) · 40 rounds · 3 seeds ·
+  failure rate 0.33 · evaluated every 10 rounds``. A field on which the runs
+  differ lists every value, separated by "/".
+  """
+  seeds = sorted({str(run.test_accuracy.shape[0]) for run in runs})
+  sources = sorted({run.data_source for run in runs})
+  rates = sorted({f"{run.config.get('failure_rate', float('nan')):.2f}"
+                  for run in runs})
+  return (f"model {_values(runs, 'model')} · data {'/'.join(sources)} ·"
+          f" {_values(runs, 'rounds')} rounds · {'/'.join(seeds)} seeds"
+          f" (mean ± std) · failure rate {'/'.join(rates)} · evaluated every"
+          f" {_values(runs, 'eval_every')} rounds")
+
+
+def _new_figure(width: float, height: float) -> figure_lib.Figure:
+  # A Figure of its own: no pyplot state, no backend switch.
+  return figure_lib.Figure(figsize=(width, height))
 
 
 def plot_methods(runs: list[RunCurves], metric: str, path: str) -> bool:
@@ -139,20 +220,34 @@ def plot_methods(runs: list[RunCurves], metric: str, path: str) -> bool:
   Returns:
     Whether a figure was written (False when no grid runs are present).
   """
+  fig = methods_figure(runs, metric)
+  if fig is None:
+    return False
+  fig.savefig(path, dpi=110)
+  return True
+
+
+def methods_figure(runs: list[RunCurves], metric: str
+                   ) -> figure_lib.Figure | None:
+  """The figure `plot_methods` writes; None without grid runs.
+
+  Rows are k, columns τ; the panels of a row share their y-axis, every panel
+  the x-axis. A caption line under the panels says what the runs are.
+  """
   panels = _grid_runs(runs)
   if not panels:
-    return False
+    return None
   ks = sorted({k for k, _ in panels})
   taus = sorted({t for _, t in panels})
-  fig, axes = plt.subplots(len(ks), len(taus), squeeze=False,
-                           figsize=(4.2 * len(taus), 3.4 * len(ks)),
-                           sharex=True)
+  fig = _new_figure(4.2 * len(taus), 3.4 * len(ks) + 0.6)
+  axes = fig.subplots(len(ks), len(taus), squeeze=False, sharex=True,
+                      sharey="row")
+  shown = [run for group in panels.values() for run in group]
   for i, k in enumerate(ks):
     for j, tau in enumerate(taus):
       ax = axes[i][j]
-      for run in _order(panels.get((k, tau), [])):
-        _band(ax, run, getattr(run, metric), run.key[0],
-              **_STYLE.get(run.key[0], {}))
+      for n, run in enumerate(order_runs(panels.get((k, tau), []))):
+        band(ax, run, getattr(run, metric), run.key[0], index=n)
       ax.set_title(f"k = {k}, τ = {tau}")
       ax.grid(alpha=0.3)
       if metric == "train_loss":
@@ -162,35 +257,56 @@ def plot_methods(runs: list[RunCurves], metric: str, path: str) -> bool:
       if j == 0:
         ax.set_ylabel("test accuracy" if metric == "test_accuracy"
                       else "training loss")
-  handles, labels = axes[0][0].get_legend_handles_labels()
-  fig.legend(handles, labels, loc="lower center", ncol=len(labels),
-             frameon=False)
-  fig.tight_layout(rect=(0, 0.06, 1, 1))
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  handles, labels = {}, []
+  for ax in axes.flat:  # Every method once, whichever panel has it.
+    for h, l in zip(*ax.get_legend_handles_labels()):
+      if l not in handles:
+        handles[l] = h
+        labels.append(l)
+  fig.legend([handles[l] for l in labels], labels, loc="lower center",
+             ncol=len(labels), frameon=False, bbox_to_anchor=(0.5, 0.035))
+  fig.text(0.5, 0.005, caption(shown), ha="center", va="bottom",
+           fontsize=8, color="0.3")
+  fig.tight_layout(rect=(0, 0.09, 1, 1))
+  return fig
 
 
 def plot_overlap(runs: list[RunCurves], path: str, method: str = "EAHES-O",
                  num_workers: int = 4, comm_period: int = 1) -> bool:
-  """Figure 3: test accuracy against rounds, one curve per overlap ratio."""
+  """Figure 3: test accuracy against rounds, one curve per overlap ratio.
+
+  Returns:
+    Whether a figure was written (False without two or more ratios).
+  """
+  fig = overlap_figure(runs, method, num_workers, comm_period)
+  if fig is None:
+    return False
+  fig.savefig(path, dpi=110)
+  return True
+
+
+def overlap_figure(runs: list[RunCurves], method: str = "EAHES-O",
+                   num_workers: int = 4, comm_period: int = 1
+                   ) -> figure_lib.Figure | None:
+  """The figure `plot_overlap` writes; None without two or more ratios."""
   sweep = sorted((r for r in runs
                   if r.key[:3] == (method, num_workers, comm_period)),
                  key=lambda r: r.key[3])
   if len(sweep) < 2:
-    return False
-  fig, ax = plt.subplots(figsize=(5.5, 4))
-  for run in sweep:
-    _band(ax, run, run.test_accuracy, f"r = {100 * run.key[3]:g} %")
+    return None
+  fig = _new_figure(5.5, 4.4)
+  ax = fig.subplots()
+  for i, run in enumerate(sweep):
+    band(ax, run, run.test_accuracy, f"r = {100 * run.key[3]:g} %", index=i)
   ax.set_title(f"{method}, k = {num_workers}, τ = {comm_period}")
   ax.set_xlabel("communication round")
   ax.set_ylabel("test accuracy")
   ax.grid(alpha=0.3)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
-  return True
+  fig.text(0.5, 0.005, caption(sweep), ha="center", va="bottom",
+           fontsize=6.5, color="0.3", wrap=True)
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  return fig
 
 
 def results_table(runs: list[RunCurves]) -> str:
@@ -198,7 +314,7 @@ def results_table(runs: list[RunCurves]) -> str:
   (ddof = 1) over seeds."""
   lines = ["| method | k | τ | r | rounds | seeds | test accuracy |"
            " training loss |", "|---|---|---|---|---|---|---|---|"]
-  ordered = sorted(_order(runs), key=lambda r: (r.key[1], r.key[2]))
+  ordered = sorted(order_runs(runs), key=lambda r: (r.key[1], r.key[2]))
   for run in ordered:
     acc = stats.describe(run.test_accuracy[:, -1])
     loss = stats.describe(run.train_loss[:, -1])

@@ -241,7 +241,8 @@ def get_study(name: str, scale: Scale | None = None,
 
 def run_study(study: Study, out_dir: str, *, data_source: str = "auto",
               mnist_dir: str | None = None, checkpoint_every: int = 0,
-              log: Callable[[str], None] | None = None) -> None:
+              log: Callable[[str], None] | None = None,
+              tensorboard: bool = False) -> None:
   """Runs (or finishes) every run of ``study`` into ``out_dir/runs``.
 
   Args:
@@ -251,6 +252,7 @@ def run_study(study: Study, out_dir: str, *, data_source: str = "auto",
     mnist_dir: IDX or TFDS folder.
     checkpoint_every: rounds between checkpoints of each run (0: none).
     log: where progress goes (default: stdout).
+    tensorboard: write TensorBoard events into each run's folder.
 
   Raises:
     experiment.ResultsDirError: ``out_dir`` holds another study.
@@ -262,17 +264,9 @@ def run_study(study: Study, out_dir: str, *, data_source: str = "auto",
   experiment.check_writable(os.path.join(out_dir, grid.RUNS_DIR))
   _check_study_record(out_dir, study, data.source)
   start = time.perf_counter()
-  for i, (name, config) in enumerate(study.runs):
-    run_dir = os.path.join(out_dir, grid.RUNS_DIR, name)
-    if experiment.is_complete(run_dir):
-      log(f"[{i + 1}/{len(study.runs)}] {name}: complete, skipped")
-      continue
-    log(f"[{i + 1}/{len(study.runs)}] {name}"
-        f" ({time.perf_counter() - start:.0f} s into the study)")
-    resume = os.path.exists(os.path.join(run_dir, experiment.CONFIG_FILE))
-    experiment.run_experiment(
-        config, run_dir, data=data, checkpoint_every=checkpoint_every,
-        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"))
+  grid.run_configs(list(study.runs), out_dir, data=data,
+                   checkpoint_every=checkpoint_every, log=log,
+                   tensorboard=tensorboard)
   log(f"study {study.name} done in {time.perf_counter() - start:.0f} s:"
       f" {out_dir}")
 

@@ -6,8 +6,12 @@ r"""Runs the paper's grid (Figures 3-5) into one results folder.
 Six methods × k ∈ {4, 8} × τ ∈ {1, 2, 4} × 3 seeds at failure rate 1/3, and
 the overlap sweep r ∈ {0, 12.5, 25, 37.5, 50} % on EAHES-O. Complete runs are
 skipped and interrupted ones resume, so an interrupted grid is finished by
-running the same command again. --preset=quick finishes on a 2-core CPU in
-under 20 minutes; --preset=paper is for an accelerator.
+running the same command again. --preset=quick is for checking the pipeline
+on a CPU: its 40 runs took from 3.5 minutes (2 cores, nothing else running)
+to over 10 minutes (the cores shared with other jobs), see the README;
+--preset=paper is for an accelerator (--eval_every=5 for smoother curves than
+the preset's 10). Each run prints "compiling…" first: its first progress line
+includes the compilation, the rates after it do not.
 
 --study runs one of the fidelity studies instead of the grid (readings,
 mechanism, lr_sweep, dw_sweep, label_skew; see eahes_jax/studies.py), at the
@@ -18,7 +22,7 @@ otherwise; like the grid, it resumes:
   python -m experiments.plot results/readings
 
 --methods, --workers, --periods and --overlap_ratios reshape the grid, e.g. a
-one-minute smoke test of the whole pipeline:
+short smoke test of the whole pipeline:
 
   python -m experiments.reproduce_paper --out_dir=/tmp/smoke --rounds=4 \
       --num_seeds=1 --methods=EASGD,DEAHES-O --workers=2 --periods=1 \
@@ -35,6 +39,7 @@ from eahes_jax import data as data_lib
 from eahes_jax import experiment
 from eahes_jax import grid
 from eahes_jax import studies
+from eahes_jax import tensorboard_log
 
 _STUDY = flags.DEFINE_enum(
     "study", "grid", ["grid"] + sorted(studies.STUDIES),
@@ -72,6 +77,12 @@ _PERIODS = flags.DEFINE_list("periods", None,
 _OVERLAP_RATIOS = flags.DEFINE_list(
     "overlap_ratios", None, "Override the overlap sweep's r values (Fig. 3;"
     " comma-separated; empty: no sweep).")
+
+_TENSORBOARD = flags.DEFINE_bool(
+    "tensorboard", True,
+    "Write TensorBoard events into each run's folder (RUN/tensorboard; view"
+    " them all with tensorboard --logdir OUT_DIR/runs) when tensorboardX is"
+    f" installed ({tensorboard_log.INSTALL_HINT}).")
 
 flags.mark_flag_as_required("out_dir")
 
@@ -113,14 +124,16 @@ def main(argv):
           studies.get_study(_STUDY.value, scale, base), _OUT_DIR.value,
           data_source=_DATA_SOURCE.value or "auto",
           mnist_dir=_MNIST_DIR.value,
-          checkpoint_every=_CHECKPOINT_EVERY.value)
+          checkpoint_every=_CHECKPOINT_EVERY.value,
+          tensorboard=_TENSORBOARD.value and tensorboard_log.available())
       return
     preset = grid.customize(grid.PRESETS[_PRESET.value], rounds=_ROUNDS.value,
                             num_seeds=_NUM_SEEDS.value, model=_MODEL.value,
                             eval_every=_EVAL_EVERY.value, **lists)
     grid.run_grid(preset, _OUT_DIR.value, base=base,
                   data_source=_DATA_SOURCE.value, mnist_dir=_MNIST_DIR.value,
-                  checkpoint_every=_CHECKPOINT_EVERY.value)
+                  checkpoint_every=_CHECKPOINT_EVERY.value,
+                  tensorboard=_TENSORBOARD.value and tensorboard_log.available())
   except experiment.EXPECTED_ERRORS as e:
     sys.exit(experiment.main_error(e))
 

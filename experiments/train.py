@@ -4,11 +4,16 @@ Example (the paper's DEAHES-O with 4 workers, τ = 1, on full MNIST):
 
   python -m experiments.train --method=DEAHES-O --num_workers=4 \
       --comm_period=1 --rounds=200 --num_seeds=3 \
-      --data_source=idx --mnist_dir=../shared/data/mnist --out_dir=runs/deahes
+      --data_source=idx --mnist_dir=/path/to/mnist --out_dir=runs/deahes
 
 The folder gets config.json, metrics.jsonl (one row per round and seed),
 summary.json and, with --checkpoint_every, orbax checkpoints that --resume
-continues from. Defaults follow algorithms.md §7.
+continues from. Defaults follow docs/algorithms.md §7. With tensorboardX
+installed, TensorBoard events go to OUT_DIR/tensorboard as well.
+
+The first progress line comes after the first chunk of --eval_every rounds,
+which includes XLA's compilation (tens of seconds on a CPU); rates and the time
+left are measured from the second chunk on.
 """
 
 import sys
@@ -20,6 +25,7 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import experiment
 from eahes_jax import methods
+from eahes_jax import tensorboard_log
 
 _D = config_lib.SimConfig()
 
@@ -120,6 +126,12 @@ _CHECKPOINT_EVERY = flags.DEFINE_integer(
     "checkpoint_every", 0, "Rounds between checkpoints (0: none).")
 _RESUME = flags.DEFINE_bool("resume", False,
                             "Continue the run in --out_dir.")
+_TENSORBOARD_DIR = flags.DEFINE_string(
+    "tensorboard_dir", None,
+    "TensorBoard events (the master's evaluations, per-worker h_worker,"
+    " h_master, score, connected, the config as hparams). Default:"
+    " OUT_DIR/tensorboard when tensorboardX is installed"
+    f" ({tensorboard_log.INSTALL_HINT}), else none; 'none': off.")
 
 
 def main(argv):
@@ -148,7 +160,9 @@ def main(argv):
     experiment.run_experiment(
         config, out_dir, data_source=_DATA_SOURCE.value,
         mnist_dir=_MNIST_DIR.value, checkpoint_every=_CHECKPOINT_EVERY.value,
-        resume=_RESUME.value)
+        resume=_RESUME.value,
+        tensorboard_dir=tensorboard_log.resolve_dir(_TENSORBOARD_DIR.value,
+                                                    out_dir))
   except experiment.EXPECTED_ERRORS as e:
     sys.exit(experiment.main_error(e))
 

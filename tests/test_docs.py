@@ -1,0 +1,59 @@
+"""Every reference in code, tests, help and README resolves in the repository."""
+
+import pathlib
+import re
+import subprocess
+import sys
+
+REPO = pathlib.Path(__file__).resolve().parent.parent
+ALGORITHMS = REPO / "docs" / "algorithms.md"
+_TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".toml", ".txt", ""}
+
+
+def _repo_files():
+  """The repository's text files (what a clone holds)."""
+  skip = {".git", "__pycache__", "build", "dist", "results", "runs",
+          ".pytest_cache"}
+  for path in REPO.rglob("*"):
+    if (path.is_file() and not skip & set(path.relative_to(REPO).parts)
+        and path.suffix in _TEXT_SUFFIXES
+        and not path.name.endswith(".egg-info")):
+      yield path
+
+
+def test_nothing_cites_a_folder_outside_the_repository():
+  outside = "../" + "shared"  # Spelled so that this file does not cite it.
+  offenders = [str(p.relative_to(REPO)) for p in _repo_files()
+               if outside in p.read_text(errors="ignore")]
+  assert not offenders
+
+
+def test_every_cited_section_of_the_algorithm_notes_exists():
+  sections = set(re.findall(r"^## (\d+)\. ", ALGORITHMS.read_text(), re.M))
+  assert sections == {str(n) for n in range(1, 9)}
+  cited = {}
+  for path in _repo_files():
+    for m in re.finditer(r"algorithms(?:\.md)?,? (?:§|section )(\d+)",
+                         path.read_text(errors="ignore")):
+      cited.setdefault(m.group(1), []).append(path.name)
+  assert cited  # The docstrings do cite it.
+  missing = {n: files for n, files in cited.items() if n not in sections}
+  assert not missing
+
+
+def test_readme_links_and_images_exist():
+  readme = (REPO / "README.md").read_text()
+  targets = re.findall(r"\]\(([^)#:]+)\)", readme)
+  assert "docs/algorithms.md" in targets
+  for target in targets:
+    assert (REPO / target).exists(), target
+
+
+def test_help_cites_only_files_in_the_repository():
+  for module in ("train", "reproduce_paper"):
+    out = subprocess.run(
+        [sys.executable, "-m", f"experiments.{module}", "--helpshort"], cwd=REPO,
+        capture_output=True, text=True, timeout=120).stdout
+    assert "shared/" not in out
+    for path in re.findall(r"\b((?:docs|experiments)/[\w./-]+\.\w+)", out):
+      assert (REPO / path).exists(), path
