@@ -11,13 +11,24 @@ _TEXT_SUFFIXES = {".py", ".md", ".ipynb", ".toml", ".txt", ""}
 
 
 def _repo_files():
-  """The repository's text files (what a clone holds)."""
-  skip = {".git", "__pycache__", "build", "dist", "results", "runs",
-          ".pytest_cache"}
-  for path in REPO.rglob("*"):
-    if (path.is_file() and not skip & set(path.relative_to(REPO).parts)
-        and path.suffix in _TEXT_SUFFIXES
-        and not path.name.endswith(".egg-info")):
+  """The repository's text files: what a clone holds (tracked files and new
+  ones git does not ignore; not build outputs such as *.egg-info)."""
+  try:
+    listed = subprocess.run(
+        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+  except (OSError, subprocess.CalledProcessError):
+    listed = None
+  if listed is not None:
+    paths = [REPO / p for p in listed]
+  else:
+    skip = {".git", "__pycache__", "build", "dist", "results", "runs",
+            ".pytest_cache"}
+    paths = [p for p in REPO.rglob("*")
+             if not skip & set(p.relative_to(REPO).parts)
+             and ".egg-info" not in str(p)]
+  for path in paths:
+    if path.is_file() and path.suffix in _TEXT_SUFFIXES:
       yield path
 
 
