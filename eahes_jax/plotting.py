@@ -239,7 +239,8 @@ def methods_figure(runs: list[RunCurves], metric: str
     return None
   ks = sorted({k for k, _ in panels})
   taus = sorted({t for _, t in panels})
-  fig = _new_figure(4.2 * len(taus), 3.4 * len(ks) + 0.6)
+  # Wide enough for the one-row legend and the caption under one panel too.
+  fig = _new_figure(max(4.2 * len(taus), 8.5), 3.4 * len(ks) + 0.6)
   axes = fig.subplots(len(ks), len(taus), squeeze=False, sharex=True,
                       sharey="row")
   shown = [run for group in panels.values() for run in group]
