@@ -2,7 +2,7 @@
 
 Every method of a panel runs on the same seeds with common random numbers
 (same initialisation, overlap partition, failure schedule and minibatch
-stream wherever the method allows; docs/algorithms.md §8), so two methods are
+stream wherever the method allows; docs/algorithms.md §9), so two methods are
 compared by their *per-seed differences*, which cancel the seed-to-seed
 spread that both share. This module holds the few numbers the README reports:
 

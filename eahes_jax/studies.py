@@ -7,7 +7,7 @@ complete runs are skipped and interrupted ones resume, so running the same
 command again finishes an interrupted study. Every run of a study uses the
 same seeds, so comparisons are paired per seed (``stats``).
 
-Studies (docs/algorithms.md §8 explains each question):
+Studies (docs/algorithms.md §9 explains each question):
 
 * ``readings``: the readings the paper leaves open, each against EAHES-O on
   one panel (k = 4, τ = 1): failure mode (``crash``) and bursty outages of
