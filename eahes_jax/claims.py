@@ -138,7 +138,7 @@ PANEL_CLAIMS: tuple[tuple[str, tuple[tuple[str, str, str], ...]], ...] = (
 )
 
 
-def _panels(runs: Sequence[RunLike]) -> dict[tuple[int, int], dict[str, RunLike]]:
+def panels(runs: Sequence[RunLike]) -> dict[tuple[int, int], dict[str, RunLike]]:
   """Runs of the paper's grid (default overlap) by (k, τ), then method."""
   out: dict[tuple[int, int], dict[str, RunLike]] = {}
   for run in runs:
@@ -162,9 +162,9 @@ def evaluate_claims(runs: Sequence[RunLike], quantity: str = "final"
     Claim results, panel by panel; a claim is left out of a panel that has
     none of the runs it compares.
   """
-  panels = _panels(runs)
+  by_panel = panels(runs)
   values = {key: {m: per_seed(run, quantity) for m, run in by_method.items()}
-            for key, by_method in panels.items()}
+            for key, by_method in by_panel.items()}
 
   def diff(a, b):
     return None if a is None or b is None else stats.paired_difference(a, b)

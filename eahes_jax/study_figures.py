@@ -16,6 +16,7 @@ import numpy as np
 from eahes_jax import claims
 from eahes_jax import mechanism
 from eahes_jax import plotting
+from eahes_jax import stats
 from eahes_jax import studies
 
 
@@ -130,6 +131,10 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
           + claims.claims_table(runs, "final")
           + "\n## Test accuracy over the last third of the rounds\n\n"
           + claims.claims_table(runs, "late"))
+    path = plot_paired_differences(
+        runs, "EAHES-O", os.path.join(out_dir, "paired_differences.png"))
+    if path is not None:
+      written.append(path)
     return written
   name = study.name
   stored = [plotting.load_run(os.path.join(results_dir, "runs", n))
@@ -160,3 +165,55 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
           natural, os.path.join(out_dir, "mechanism_roc.png"), caption))
     write("mechanism_events.md", mechanism.summary_table(analyses))
   return written
+
+
+def plot_paired_differences(runs, reference: str, path: str) -> str | None:
+  """Each method minus ``reference`` on the same seeds, against rounds.
+
+  The line is the mean paired difference at every evaluation, the band its
+  two-sided 95 % t interval: what the overlapping seed bands of Figure 4
+  cannot show. One panel per (k, τ) that holds the reference.
+
+  Args:
+    runs: stored runs (``plotting.load_results``).
+    reference: the method every other is paired against.
+    path: the PNG to write.
+
+  Returns:
+    ``path``, or None when no panel holds the reference and another method.
+  """
+  panels = {key: p for key, p in claims.panels(runs).items()
+            if reference in p and len(p) > 1}
+  if not panels:
+    return None
+  keys = sorted(panels)
+  fig = matplotlib.figure.Figure(figsize=(max(4.6 * len(keys), 8.5), 4.4))
+  axes = fig.subplots(1, len(keys), squeeze=False, sharey=True)[0]
+  for ax, key in zip(axes, keys):
+    ref = panels[key][reference]
+    for i, run in enumerate(plotting.order_runs(list(panels[key].values()))):
+      if run.key[0] == reference:
+        continue
+      rounds = np.intersect1d(run.eval_rounds, ref.eval_rounds)[1:]
+      diffs = []
+      for r in rounds:
+        a = run.test_accuracy[:, list(run.eval_rounds).index(r)]
+        b = ref.test_accuracy[:, list(ref.eval_rounds).index(r)]
+        diffs.append(stats.paired_difference(dict(zip(run.seeds, a)),
+                                             dict(zip(ref.seeds, b))))
+      mean = np.array([d.mean for d in diffs])
+      kw = plotting.style(run.key[0], i)
+      line, = ax.plot(rounds, mean, label=run.key[0], **kw)
+      ax.fill_between(rounds, [d.low for d in diffs], [d.high for d in diffs],
+                      color=line.get_color(), alpha=0.15, lw=0)
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_title(f"k = {key[0]}, τ = {key[1]}")
+    ax.set_xlabel("communication round")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel(f"test accuracy − {reference}'s, same seed")
+  axes[0].legend(fontsize=8)
+  fig.text(0.5, 0.005, plotting.caption(runs).replace("(mean ± std)",
+                                                       "(paired, 95 % t)"),
+           ha="center", fontsize=8, color="0.3")
+  fig.tight_layout(rect=(0, 0.04, 1, 1))
+  return _save(fig, path)

@@ -95,3 +95,15 @@ def test_missing_runs_are_reported_not_guessed():
   assert result.verdict == claims.UNDECIDED  # Not "holds" on half the data.
   # A claim none of whose runs exist is left out of the panel.
   assert "EAHES-OM is best" not in table
+
+
+def test_paired_difference_figure(tmp_path):
+  from eahes_jax import study_figures  # pylint: disable=g-import-not-at-top
+  runs = panel({"EAHES-O": 0.0, "EASGD": -0.1, "EAMSGD": 0.02})
+  path = study_figures.plot_paired_differences(
+      runs, "EAHES-O", str(tmp_path / "paired.png"))
+  assert path and (tmp_path / "paired.png").stat().st_size > 10_000
+  # Without the reference in any panel there is nothing to draw.
+  assert study_figures.plot_paired_differences(
+      runs[1:], "EAHES-O", str(tmp_path / "none.png")) is None
+  assert not (tmp_path / "none.png").exists()
