@@ -109,9 +109,10 @@ def main(argv):
     base = config_lib.SimConfig(execution=_EXECUTION.value)
     if _STUDY.value != "grid":
       if lists:
+        field = sorted(lists)[0]
         raise config_lib.ConfigError(
-            "methods, --workers, --periods and --overlap_ratios shape the"
-            " grid; a study fixes its own runs", sorted(lists)[0])
+            f"{field} shapes the grid; --study={_STUDY.value} fixes its own"
+            " runs", field)
       # The study's own scale, with the flags given on top of it.
       own = studies.get_study(_STUDY.value).runs[0][1]
       pick = lambda flag, default: default if flag.value is None else flag.value
