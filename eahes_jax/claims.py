@@ -44,13 +44,16 @@ class RunLike(Protocol):
   test_accuracy: np.ndarray
 
 
-def per_seed(run: RunLike, quantity: str = "final") -> dict[int, float]:
+def per_seed(run: RunLike, quantity: str = "final",
+             up_to_round: int | None = None) -> dict[int, float]:
   """Seed -> the run's final (or late-mean) test accuracy.
 
   Args:
     run: a stored run, e.g. from ``plotting.load_results``.
     quantity: ``"final"`` (the last evaluation) or ``"late"`` (the mean of
       the evaluations at rounds ≥ R − R // 3, R the last evaluated round).
+    up_to_round: ignore evaluations after this round (to compare a finished
+      run with one still going at the same point).
 
   Returns:
     One value per seed that has it.
@@ -59,6 +62,9 @@ def per_seed(run: RunLike, quantity: str = "final") -> dict[int, float]:
     raise ValueError(f"quantity must be one of {QUANTITIES}, got {quantity!r}")
   acc = np.asarray(run.test_accuracy, np.float64)
   rounds = np.asarray(run.eval_rounds)
+  if up_to_round is not None:
+    keep = rounds <= up_to_round
+    acc, rounds = acc[:, keep], rounds[keep]
   if quantity == "final":
     values = acc[:, -1]
   else:

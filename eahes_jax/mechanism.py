@@ -67,7 +67,10 @@ def load_series(run_dir: str) -> list[RoundSeries]:
     nan = [float("nan")] * k
 
     def column(name, fill, mine=mine):
-      return np.asarray([r.get(name) or fill for r in mine], np.float64)
+      # Strict JSON stores a non-finite value as null: NaN here.
+      return np.asarray([[np.nan if v is None else v
+                          for v in (r.get(name) or fill)] for r in mine],
+                        np.float64)
 
     out.append(RoundSeries(
         connected=np.asarray([r["connected"] for r in mine], bool),
@@ -195,9 +198,12 @@ class Analysis(NamedTuple):
       last round of the outage) so events of different scales line up.
     a: (E, offsets) the raw score a (before reading).
     a_after: (E, offsets) the after-exchange reading's score.
-    roc_before: ROC of a_t against "rejoined within ``window`` rounds".
+    roc_before: ROC of a_t against "rejoined within ``window`` rounds"; None
+      when the run has no scored rejoin or healthy round (too short, or no
+      failures).
     roc_after: ROC of a^after_{t−1} (the latest after-score known before
-      round t's exchange) for the same labels; None without that column.
+      round t's exchange) for the same labels; None likewise, or without
+      that column.
     window: r of the labels.
     events: number of outage ends.
   """
@@ -205,7 +211,7 @@ class Analysis(NamedTuple):
   u: np.ndarray
   a: np.ndarray
   a_after: np.ndarray
-  roc_before: Roc
+  roc_before: Roc | None
   roc_after: Roc | None
   window: int
   events: int
@@ -245,13 +251,16 @@ def analyse(series: Sequence[RoundSeries], coeffs: Sequence[float],
     pos_after.append(prev[labels])
     neg_after.append(prev[healthy])
   cat = lambda xs: np.concatenate(xs) if xs else np.zeros((0,))
-  after_pos, after_neg = cat(pos_after), cat(neg_after)
-  has_after = np.isfinite(after_pos).any() and np.isfinite(after_neg).any()
+
+  def roc_or_none(p, n):
+    scored = lambda x: np.isfinite(x).any()
+    return roc(p, n) if scored(p) and scored(n) else None
+
   return Analysis(
       u=np.concatenate(us), a=np.concatenate(as_),
       a_after=np.concatenate(afters),
-      roc_before=roc(cat(pos), cat(neg)),
-      roc_after=roc(after_pos, after_neg) if has_after else None,
+      roc_before=roc_or_none(cat(pos), cat(neg)),
+      roc_after=roc_or_none(cat(pos_after), cat(neg_after)),
       window=window, events=int(sum(x.shape[0] for x in us)))
 
 
@@ -277,15 +286,17 @@ def summary_table(analyses: dict[str, Analysis],
       "|---|---|---|---|---|---|---|---|"]
   z = BEFORE  # Column of offset 0.
   for name, an in analyses.items():
-    med = ", ".join(f"{np.nanmedian(an.a[:, z + i]):+.3f}" for i in range(3))
+    finite = [an.a[:, z + i][np.isfinite(an.a[:, z + i])] for i in range(3)]
+    med = ", ".join(f"{np.median(x):+.3f}" if x.size else "n/a"
+                    for x in finite)
     reached = np.nanmin(an.a[:, z:z + 3], axis=1) <= threshold
-    after = ("n/a" if an.roc_after is None else f"{an.roc_after.auc:.3f}")
+    auc = lambda r: "n/a" if r is None else f"{r.auc:.3f}"
     lines.append(
         f"| {name} | {an.events} |"
         f" {_fraction(an.a[:, z], lambda x: x < 0):.2f} |"
         f" {_fraction(an.a[:, z + 1], lambda x: x < 0):.2f} |"
-        f" {np.mean(reached):.3f} | {med} | {an.roc_before.auc:.3f} |"
-        f" {after} |")
+        f" {np.mean(reached) if reached.size else float('nan'):.3f} | {med} |"
+        f" {auc(an.roc_before)} | {auc(an.roc_after)} |")
   return "\n".join(lines) + "\n"
 
 

@@ -329,11 +329,13 @@ def readings_table(study: Study, out_dir: str,
     ra, rb = runs.get(r.a), runs.get(r.b)
     if ra is None or rb is None:
       continue
-    va, vb = claims.per_seed(ra, quantity), claims.per_seed(rb, quantity)
+    # A run still going is compared with its partner at the same round.
+    rounds = int(min(ra.eval_rounds[-1], rb.eval_rounds[-1]))
+    va = claims.per_seed(ra, quantity, up_to_round=rounds)
+    vb = claims.per_seed(rb, quantity, up_to_round=rounds)
     d = stats.paired_difference(va, vb)
     verdict = {stats.A_AHEAD: f"{r.a} ahead", stats.B_AHEAD: f"{r.b} ahead"
                }.get(d.verdict, stats.UNDECIDED)
-    rounds = int(min(ra.eval_rounds[-1], rb.eval_rounds[-1]))
     partial = "" if ra.complete and rb.complete else f" (round {rounds})"
     lines.append(
         f"| {r.question}{partial} | {r.a} | {r.b} |"

@@ -81,6 +81,8 @@ def plot_roc(analyses: dict[str, mechanism.Analysis], path: str,
   ax = fig.subplots()
   styles = ["-", "--", "-.", ":"]
   for i, (name, an) in enumerate(analyses.items()):
+    if an.roc_before is None:
+      continue
     line, = ax.plot(an.roc_before.fpr, an.roc_before.tpr,
                     ls=styles[i % len(styles)],
                     label=f"{name}: AUC {an.roc_before.auc:.2f}")
@@ -104,7 +106,9 @@ def plot_roc(analyses: dict[str, mechanism.Analysis], path: str,
 def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
   """Writes a study folder's tables and figures; returns the paths written.
 
-  For a grid folder (no study.json) it writes ``claims.md``; for a study,
+  For a grid folder (no study.json) it writes ``claims.md``,
+  ``paired_differences.png`` and ``mechanism_events.md`` (the score around
+  outage ends in its EAHES-O and DEAHES-O runs); for a study,
   ``<study>.md`` (its readings or sweep table) and, for the mechanism study,
   ``mechanism_curves.png``, ``mechanism_roc.png`` and ``mechanism_events.md``.
 
@@ -135,6 +139,13 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
         runs, "EAHES-O", os.path.join(out_dir, "paired_differences.png"))
     if path is not None:
       written.append(path)
+    # The score around outage ends in the grid's own EAHES-O and DEAHES-O
+    # runs (the mechanism of §9, at the grid's length).
+    analyses = mechanism.study_analyses(
+        results_dir, sorted(r.name for r in runs
+                            if r.key[0] in ("EAHES-O", "DEAHES-O")))
+    if analyses:
+      write("mechanism_events.md", mechanism.summary_table(analyses))
     return written
   name = study.name
   stored = [plotting.load_run(os.path.join(results_dir, "runs", n))

@@ -107,3 +107,10 @@ def test_paired_difference_figure(tmp_path):
   assert study_figures.plot_paired_differences(
       runs[1:], "EAHES-O", str(tmp_path / "none.png")) is None
   assert not (tmp_path / "none.png").exists()
+
+
+def test_per_seed_up_to_a_round():
+  run = fake_run("EAHES")
+  # Up to round 20: the evaluation at round 20 is the last one kept.
+  assert claims.per_seed(run, "final", up_to_round=25) == pytest.approx(
+      {s: 0.8 + SPREAD[s] - 0.01 for s in SEEDS})

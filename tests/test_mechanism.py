@@ -1,5 +1,7 @@
 """The mechanism analysis on series built by hand."""
 
+import json
+
 import numpy as np
 import pytest
 
@@ -99,3 +101,28 @@ def test_analyse_sees_a_distance_that_drops_at_the_return():
   assert an.roc_before.negatives == (connected & ~labels)[3:].sum()
   # u is aligned to its value in the outage's last round.
   np.testing.assert_allclose(an.u[:, z - 1], 0.0)
+
+
+def test_load_series_reads_null_as_nan(tmp_path):
+  # Strict JSON writes a non-finite log-distance as null.
+  rows = [{"round": 0, "seed": 0, "connected": None, "log_distance": None},
+          {"round": 1, "seed": 0, "connected": [True, False],
+           "log_distance": [0.5, None], "log_distance_after": [0.1, 0.2]},
+          {"round": 2, "seed": 0, "connected": [True, True],
+           "log_distance": [0.4, 0.3]}]
+  (tmp_path / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
+  (series,) = mechanism.load_series(str(tmp_path))
+  np.testing.assert_array_equal(series.connected, [[True, False],
+                                                   [True, True]])
+  np.testing.assert_array_equal(series.u, [[0.5, np.nan], [0.4, 0.3]])
+  np.testing.assert_array_equal(series.u_after, [[0.1, 0.2],
+                                                 [np.nan, np.nan]])
+
+
+def test_a_run_without_failures_has_no_roc_and_a_table_row():
+  connected = np.ones((12, 2), bool)
+  u = np.linspace(0, -1, 24).reshape(12, 2)
+  an = mechanism.analyse([mechanism.RoundSeries(connected, u, u)], COEFFS)
+  assert an.events == 0 and an.roc_before is None and an.roc_after is None
+  assert "| none | 0 |" in mechanism.summary_table({"none": an})
