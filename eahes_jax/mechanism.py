@@ -206,6 +206,8 @@ class Analysis(NamedTuple):
       that column.
     window: r of the labels.
     events: number of outage ends.
+    healthy_median: the median score a over healthy connected rounds (the
+      scale a rejoin's score must stand out from); NaN if none.
   """
 
   u: np.ndarray
@@ -215,6 +217,7 @@ class Analysis(NamedTuple):
   roc_after: Roc | None
   window: int
   events: int
+  healthy_median: float
 
 
 def analyse(series: Sequence[RoundSeries], coeffs: Sequence[float],
@@ -261,13 +264,19 @@ def analyse(series: Sequence[RoundSeries], coeffs: Sequence[float],
       a_after=np.concatenate(afters),
       roc_before=roc_or_none(cat(pos), cat(neg)),
       roc_after=roc_or_none(cat(pos_after), cat(neg_after)),
-      window=window, events=int(sum(x.shape[0] for x in us)))
+      window=window, events=int(sum(x.shape[0] for x in us)),
+      healthy_median=_median(cat(neg)))
 
 
 def analyse_run(run_dir: str, window: int = 3) -> Analysis:
   """``analyse`` of a stored run, with its own score coefficients."""
   record = experiment.read_config(run_dir)
   return analyse(load_series(run_dir), record["dw_coeffs"], window)
+
+
+def _median(x: np.ndarray) -> float:
+  x = x[np.isfinite(x)]
+  return float(np.median(x)) if x.size else float("nan")
 
 
 def _fraction(x: np.ndarray, cond) -> float:
@@ -282,8 +291,9 @@ def summary_table(analyses: dict[str, Analysis],
   lines = [
       "| setting | outage ends | a < 0 at t₀ | a < 0 at t₀+1 |"
       f" a ≤ k = {threshold:g} at t₀ … t₀+2 | median a at t₀, t₀+1, t₀+2 |"
-      " AUC (before) | AUC (after, one round late) |",
-      "|---|---|---|---|---|---|---|---|"]
+      " median a, healthy rounds | AUC (before) |"
+      " AUC (after, one round late) |",
+      "|---|---|---|---|---|---|---|---|---|"]
   z = BEFORE  # Column of offset 0.
   for name, an in analyses.items():
     finite = [an.a[:, z + i][np.isfinite(an.a[:, z + i])] for i in range(3)]
@@ -296,7 +306,8 @@ def summary_table(analyses: dict[str, Analysis],
         f" {_fraction(an.a[:, z], lambda x: x < 0):.2f} |"
         f" {_fraction(an.a[:, z + 1], lambda x: x < 0):.2f} |"
         f" {np.mean(reached) if reached.size else float('nan'):.3f} | {med} |"
-        f" {auc(an.roc_before)} | {auc(an.roc_after)} |")
+        f" {an.healthy_median:+.3f} | {auc(an.roc_before)} |"
+        f" {auc(an.roc_after)} |")
   return "\n".join(lines) + "\n"
 
 

@@ -126,3 +126,4 @@ def test_a_run_without_failures_has_no_roc_and_a_table_row():
   an = mechanism.analyse([mechanism.RoundSeries(connected, u, u)], COEFFS)
   assert an.events == 0 and an.roc_before is None and an.roc_after is None
   assert "| none | 0 |" in mechanism.summary_table({"none": an})
+  assert np.isfinite(an.healthy_median)
