@@ -240,25 +240,38 @@ def exchange(workers: chex.ArrayTree,
                               exchange_order(key, k))
 
 
+def _elastic_move(w, m, hw, hm):
+  """Eqs. 12-13 for one leaf: the worker's new value and the master's step.
+
+  diff = θ_i − θ_m; returns (θ_i − hw · diff, hm · diff), the first in the
+  worker's dtype, the second in the compute dtype (at least float32), so
+  that the master can add one step (sequential) or the sum of several
+  (parallel) before casting back.
+  """
+  dtype = _compute_dtype(jnp.result_type(w, m))
+  diff = w.astype(dtype) - m.astype(dtype)
+  new_w = (w.astype(dtype) - hw.astype(dtype) * diff).astype(w.dtype)
+  return new_w, hm.astype(dtype) * diff
+
+
+def _add_to_master(m, step):
+  return (m.astype(step.dtype) + step).astype(m.dtype)
+
+
 def _exchange_parallel(workers, master, h_worker, h_master, connected):
   """All connected workers against the same pre-exchange master."""
 
-  def leaf_worker(w, m):
-    dtype = _compute_dtype(jnp.result_type(w, m))
-    diff = w.astype(dtype) - m.astype(dtype)[None]
-    hw = _per_worker(h_worker.astype(dtype), w.ndim)
-    moved = (w.astype(dtype) - hw * diff).astype(w.dtype)
-    return jnp.where(_per_worker(connected, w.ndim), moved, w)
+  def leaf(w, m):
+    c = _per_worker(connected, w.ndim)
+    new_w, steps = _elastic_move(w, m[None], _per_worker(h_worker, w.ndim),
+                                 _per_worker(h_master, w.ndim))
+    step = jnp.sum(jnp.where(c, steps, 0), axis=0)
+    return jnp.where(c, new_w, w), _add_to_master(m, step)
 
-  def leaf_master(w, m):
-    dtype = _compute_dtype(jnp.result_type(w, m))
-    diff = w.astype(dtype) - m.astype(dtype)[None]
-    hm = _per_worker(h_master.astype(dtype), w.ndim)
-    moves = jnp.where(_per_worker(connected, w.ndim), hm * diff, 0)
-    return (m.astype(dtype) + jnp.sum(moves, axis=0)).astype(m.dtype)
-
-  new_workers = jax.tree.map(leaf_worker, workers, master)
-  new_master = jax.tree.map(leaf_master, workers, master)
+  moved = jax.tree.map(leaf, workers, master)
+  outer = jax.tree.structure(workers)
+  new_workers, new_master = jax.tree.transpose(
+      outer, jax.tree.structure((0, 0)), moved)
   return new_workers, new_master
 
 
@@ -274,21 +287,14 @@ def _exchange_sequential(workers, master, h_worker, h_master, connected, perm):
   def visit(m_tree, x):
     w_tree, hw, hm, c = x
 
-    def leaf_worker(w, m):
-      dtype = _compute_dtype(jnp.result_type(w, m))
-      diff = w.astype(dtype) - m.astype(dtype)
-      new_w = (w.astype(dtype) - hw.astype(dtype) * diff).astype(w.dtype)
-      return jnp.where(c, new_w, w)
-
-    def leaf_master(w, m):
-      dtype = _compute_dtype(jnp.result_type(w, m))
-      diff = w.astype(dtype) - m.astype(dtype)
-      new_m = (m.astype(dtype) + hm.astype(dtype) * diff).astype(m.dtype)
-      return jnp.where(c, new_m, m)
-
     # Both moves use the master as this worker finds it (EASGD).
-    new_w = jax.tree.map(leaf_worker, w_tree, m_tree)
-    new_m = jax.tree.map(leaf_master, w_tree, m_tree)
+    def leaf(w, m):
+      new_w, step = _elastic_move(w, m, hw, hm)
+      return jnp.where(c, new_w, w), jnp.where(c, _add_to_master(m, step), m)
+
+    moved = jax.tree.map(leaf, w_tree, m_tree)
+    new_w, new_m = jax.tree.transpose(
+        jax.tree.structure(w_tree), jax.tree.structure((0, 0)), moved)
     return new_m, new_w
 
   new_master, visited = jax.lax.scan(visit, master, xs)
