@@ -277,6 +277,12 @@ def _check_study_record(out_dir: str, study: Study, source: str) -> None:
   """Refuses a folder that holds another study or data source, then records
   this one (its runs and readings too, so reports need nothing else)."""
   path = os.path.join(out_dir, STUDY_FILE)
+  # What every run of a study shares; a complete run is skipped, so a folder
+  # at another scale would silently mix lengths.
+  first = study.runs[0][1]
+  scale = {f: getattr(first, f) for f in ("model", "rounds", "num_seeds",
+                                          "seed", "eval_every",
+                                          "train_eval_size")}
   if os.path.exists(path):
     try:
       with open(path) as f:
@@ -291,7 +297,14 @@ def _check_study_record(out_dir: str, study: Study, source: str) -> None:
           f"{out_dir!r} holds the study {old_key[0]!r} on {old_key[1]!r},"
           f" not {study.name!r} on {source!r}; refusing to mix, choose"
           " another results folder")
-  record = {"study": study.name, "data_source": source,
+    old_scale = old.get("scale", scale)
+    if old_scale != scale:
+      fields = sorted(k for k in scale if old_scale.get(k) != scale[k])
+      raise experiment.ResultsDirError(
+          f"{out_dir!r} holds the study {study.name!r} at another scale"
+          f" (differs in: {', '.join(fields)}); refusing to mix, choose"
+          " another results folder")
+  record = {"study": study.name, "data_source": source, "scale": scale,
             "runs": [name for name, _ in study.runs],
             "readings": [dataclasses.astuple(r) for r in study.readings]}
   with open(path, "w") as f:

@@ -93,6 +93,10 @@ def test_run_study_again_skips_and_refuses_another_study(study_dir):
   assert sum(l.endswith("complete, skipped") for l in log) == 2
   with pytest.raises(experiment.ResultsDirError, match="refusing to mix"):
     studies.run_study(tiny_study("readings"), str(out), data_source="sample")
+  longer = studies.Study("mechanism", tuple(
+      (n, c.replace(rounds=20)) for n, c in tiny_study().runs))
+  with pytest.raises(experiment.ResultsDirError, match="differs in: rounds"):
+    studies.run_study(longer, str(out), data_source="sample")
 
 
 def test_report_of_a_study_folder(study_dir, tmp_path):
