@@ -98,3 +98,14 @@ def test_seeds_must_fit_in_32_bits(seed, num_seeds, ok):
   with pytest.raises(config_lib.ConfigError, match="^seed must be") as e:
     config_lib.SimConfig(seed=seed, num_seeds=num_seeds)
   assert e.value.field == "seed"
+
+
+def test_idx_files_with_no_records_are_a_data_error(tmp_path):
+  folder = _idx_folder(tmp_path / "mnist")
+  _write_idx(folder / "train-images-idx3-ubyte",
+             np.zeros((0, 28, 28), np.uint8), 2051)
+  _write_idx(folder / "train-labels-idx1-ubyte", np.zeros((0,), np.uint8),
+             2049)
+  with pytest.raises(data_lib.DataError,
+                     match="train-images-idx3-ubyte: holds 0 images"):
+    data_lib.load_mnist("idx", str(folder))
