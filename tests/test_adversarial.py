@@ -85,7 +85,36 @@ def resumable_copy(finished, tmp_path: pathlib.Path) -> pathlib.Path:
   return out
 
 
+# ------------------------------------------- 2: the guard and strict JSON --
+
+
+def test_nonfinite_exchange_output_stops_the_run_before_any_row_or_save(
+    tmp_path, monkeypatch):
+  real = elastic.exchange
+
+  def poisoned(*args, **kwargs):  # The master overflows in the exchange.
+    workers, master = real(*args, **kwargs)
+    return workers, jax.tree_util.tree_map(lambda x: x * jnp.inf, master)
+
+  monkeypatch.setattr(elastic, "exchange", poisoned)
+  out = tmp_path / "run"
+  with pytest.raises(simulator.NonFiniteError,
+                     match="master parameters after the exchange in round 1"):
+    run(out, checkpoint_every=1)
+  assert [r["round"] for r in strict_rows(out)] == [0]  # Round 0 only.
+  ckpt = checkpoint_lib.Checkpointer(str(out / experiment.CHECKPOINT_DIR))
+  assert ckpt.latest_round() is None  # No checkpoint of a non-finite state.
+  ckpt.close()
+
+
 # ------------------------------------------- 7, 8, 9: one line, not a trace --
+
+
+def test_more_workers_than_training_examples_is_a_config_error(tmp_path):
+  with pytest.raises(config_lib.ConfigError,
+                     match="num_workers must leave every worker") as e:
+    run(tmp_path / "run", CFG.replace(num_workers=300))
+  assert e.value.field == "num_workers"
 
 
 @pytest.mark.parametrize("seed,num_seeds,ok", [
