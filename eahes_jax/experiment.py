@@ -28,7 +28,7 @@ import shutil
 import signal
 import sys
 import time
-from typing import Any, BinaryIO, Callable
+from typing import Any, BinaryIO, Callable, NoReturn
 
 import jax
 import numpy as np
@@ -711,13 +711,38 @@ def binary_prologue(argv: list[str]) -> None:
   """What every experiment binary does first: no stray arguments, and JAX's
   INFO lines (e.g. "Unable to initialize backend 'tpu'") kept off stderr
   unless ``--verbosity`` asks for them, so errors stay one line."""
-  from absl import app  # pylint: disable=g-import-not-at-top
   from absl import flags  # pylint: disable=g-import-not-at-top
   from absl import logging  # pylint: disable=g-import-not-at-top
   if len(argv) > 1:
-    raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    usage_error(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+
+
+def usage_error(message: str) -> NoReturn:
+  """Exits with a one-line usage error (absl's ``UsageError`` prints the
+  whole help, which buries the line that matters)."""
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  sys.exit(1)
+
+
+def check_output_file(path: str, field: str) -> None:
+  """Checks, before any work, that a file can be written at ``path``.
+
+  Raises:
+    config.ConfigError: ``path`` is a folder, its folder does not exist (or
+      is a file), or it is not writable; named after ``field``.
+  """
+  parent = os.path.dirname(os.path.abspath(path))
+  problem = None
+  if os.path.isdir(path):
+    problem = "is a folder"
+  elif not os.path.isdir(parent):
+    problem = f"cannot be created: {parent!r} is not a folder"
+  elif not os.access(path if os.path.exists(path) else parent, os.W_OK):
+    problem = "is not writable"
+  if problem is not None:
+    raise config_lib.ConfigError(f"{field} {path!r} {problem}", field)
 
 
 # Failures an experiment binary reports in one line, without a traceback.

@@ -14,6 +14,7 @@ import sys
 from absl import app
 from absl import flags
 
+from eahes_jax import experiment
 from eahes_jax import plotting
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None,
@@ -22,7 +23,8 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None,
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m experiments.plot RESULTS_DIR")
+    experiment.usage_error("usage: python -m experiments.plot RESULTS_DIR"
+                           " [--out_dir=FIGURES_DIR]")
   try:
     for path in plotting.make_figures(argv[1], _OUT_DIR.value):
       print(path)

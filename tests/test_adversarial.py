@@ -440,3 +440,45 @@ def test_an_out_dir_that_is_a_file_is_reported_as_a_file(tmp_path):
   path.write_text("x")
   with pytest.raises(experiment.ResultsDirError, match="is a file"):
     experiment.check_writable(str(path))
+
+
+@pytest.mark.parametrize("module,args,message", [
+    ("train", ["stray"], r"error: unexpected arguments: \['stray'\]"),
+    ("train", ["--num_workers=5000"], "error: --num_workers must leave"),
+    ("train", [f"--seed={2**63}"], "error: --seed must be"),
+    ("train", [f"--seed={2**32}"], "error: --seed must be"),
+    ("train", ["--out_dir={file}"], r"error: --out_dir .* is a file"),
+    ("benchmark", ["--models=mlp", "--repeats=0"], "error: .*repeats"),
+    ("benchmark", ["--smoke", "--json_out={file}/out.json"],
+     r"error: --json_out .* cannot be created: .* is not a folder"),
+    ("benchmark", ["stray"], r"error: unexpected arguments"),
+    ("reproduce_paper", ["--out_dir={out}", "stray"],
+     r"error: unexpected arguments"),
+    ("plot", ["{bad_metrics}"], r"error: .*metrics\.jsonl: line 1"),
+    ("plot", [], r"error: usage: python -m experiments.plot"),
+])
+def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
+                                               message):
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  bad = tmp_path / "bad_run"
+  bad.mkdir()
+  (bad / experiment.CONFIG_FILE).write_text(json.dumps(
+      {"config": CFG.resolve().to_dict(), "data_source": "synthetic"}))
+  (bad / experiment.METRICS_FILE).write_text('{"round": 0,\n')
+  out = tmp_path / "out"
+  args = [a.format(file=a_file, bad_metrics=bad, out=out) for a in args]
+  if module == "train":
+    args = [*TRAIN, *args]
+    if not any(a.startswith("--out_dir") for a in args):
+      args.append(f"--out_dir={out}")
+  proc = run_binary(module, *args)
+  assert proc.returncode == 1, (proc.stdout, proc.stderr)
+  assert "Traceback" not in proc.stderr
+  lines = error_lines(proc.stderr)
+  assert len(lines) == 1, proc.stderr
+  assert re.match(message, lines[0]), lines[0]
+  if module == "plot" and args:
+    assert str(bad / experiment.METRICS_FILE) in lines[0]
+  assert "samples/s" not in proc.stdout  # No benchmark ran.
+  assert not out.exists()
