@@ -430,19 +430,17 @@ def _check_metrics(path: str, progress: checkpoint_lib.Progress) -> Any:
     digest.update(prefix)
     rows = prefix.count(b"\n")
     if len(prefix) < want:
-      problem = f"holds {len(prefix)} bytes, fewer than the {want} recorded"
+      problem = f"holds {len(prefix)} bytes"
     elif rows != progress.metrics_rows or not prefix.endswith(b"\n"):
-      problem = (f"holds {rows} rows in its first {want} bytes, not the"
-                 f" {progress.metrics_rows} recorded")
+      problem = f"holds {rows} rows in its first {want} bytes"
     elif (progress.metrics_sha256 is not None
           and digest.hexdigest() != progress.metrics_sha256):
-      problem = (f"does not match the checksum recorded of its first {want}"
-                 " bytes")
+      problem = f"does not match the checksum of its first {want} bytes"
   if problem is not None:
     raise ResultsDirError(
-        f"{path} {problem} by the checkpoint at round"
-        f" {progress.rounds_done}; its rows cannot be trusted, refusing to"
-        " resume (choose another --out_dir)")
+        f"{path} {problem}; the checkpoint at round {progress.rounds_done}"
+        f" recorded {progress.metrics_rows} rows, {want} bytes: its rows"
+        " cannot be trusted, refusing to resume (choose another --out_dir)")
   return digest
 
 
