@@ -9,6 +9,7 @@ binaries.
 """
 
 import errno
+import hashlib
 import json
 import os
 import pathlib
@@ -119,7 +120,6 @@ def test_progress_records_the_metrics_checksum_and_old_records_restore(
   like = simulator.Simulation(CFG, DATA).init_state()
   _, progress = ckpt.restore(like)
   ckpt.close()
-  import hashlib  # pylint: disable=g-import-not-at-top
   assert progress.metrics_sha256 == hashlib.sha256(
       finished[1][:progress.metrics_bytes]).hexdigest()
   # A checkpoint written before the checksum existed still restores.
