@@ -160,6 +160,10 @@ class SimConfig:
       value = getattr(self, name)
       _check(_is_int(value) and value >= low, name, f"an integer >= {low}",
              value)
+    # Seeds become uint32 PRNG seeds: a larger one would alias a smaller one.
+    _check(self.seed + self.num_seeds - 1 < 2**32, "seed",
+           f"an integer with seed + num_seeds - 1 < 2**32 (num_seeds"
+           f" {self.num_seeds})", self.seed)
     if self.lr is not None:
       _check(_is_real(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
     _check(_is_real(self.momentum) and 0 <= self.momentum < 1, "momentum",

@@ -185,6 +185,9 @@ def _load_idx_split(data_dir: str, images_base: str,
   if images.shape[0] != labels.shape[0]:
     raise DataError(f"{images_path} holds {images.shape[0]} images but "
                     f"{labels_path} holds {labels.shape[0]} labels")
+  if images.shape[0] == 0:
+    raise DataError(f"{images_path}: holds 0 images (and {labels_path} 0 "
+                    "labels); a split needs at least one example")
   bad = int(np.count_nonzero(labels > 9))
   if bad:
     raise DataError(f"{labels_path}: {bad} label(s) outside 0..9 (max "

@@ -227,8 +227,7 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
   for i, (name, config) in enumerate(runs):
     run_dir = os.path.join(out_dir, RUNS_DIR, name)
     if experiment.is_complete(run_dir):
-      with open(os.path.join(run_dir, experiment.SUMMARY_FILE)) as f:
-        summaries.append(experiment.RunSummary(**json.load(f)))
+      summaries.append(experiment.read_summary(run_dir))
       log(f"[{i + 1}/{len(runs)}] {name}: complete, skipped")
       continue
     log(f"[{i + 1}/{len(runs)}] {name} ({time.perf_counter() - start:.0f}"
@@ -255,9 +254,17 @@ def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
   record = json.loads(json.dumps(record))  # Tuples become lists.
   path = os.path.join(out_dir, GRID_FILE)
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
-    old_p, new_p = old.get("preset", {}), record["preset"]
+    try:
+      with open(path) as f:
+        old = json.load(f)
+    except (OSError, ValueError) as e:
+      raise experiment.ResultsDirError(
+          f"{path} is unreadable ({e}); choose another results folder"
+      ) from None
+    if not isinstance(old, dict) or not isinstance(old.get("preset"), dict):
+      raise experiment.ResultsDirError(
+          f"{path} is not a grid record; choose another results folder")
+    old_p, new_p = old["preset"], record["preset"]
     fields = sorted(k for k in set(old_p) | set(new_p)
                     if k not in _AXES and old_p.get(k) != new_p.get(k))
     if old.get("data_source") != record["data_source"]:

@@ -88,22 +88,31 @@ def load_run(run_dir: str) -> RunCurves | None:
   if not os.path.exists(cfg_path) or not os.path.exists(
       os.path.join(run_dir, experiment.METRICS_FILE)):
     return None
-  with open(cfg_path) as f:
-    record = json.load(f)
-  rows = [r for r in experiment.read_metrics(run_dir)
-          if r["test_accuracy"] is not None]
-  if not rows:
-    return None
-  seeds = sorted({r["seed"] for r in rows})
-  rounds = sorted({r["round"] for r in rows})
-  # Keep the rounds every seed has reached (a partial chunk has all seeds).
-  acc = np.full((len(seeds), len(rounds)), np.nan)
-  loss = np.full_like(acc, np.nan)
-  si = {s: i for i, s in enumerate(seeds)}
-  ri = {r: i for i, r in enumerate(rounds)}
-  for r in rows:
-    acc[si[r["seed"]], ri[r["round"]]] = r["test_accuracy"]
-    loss[si[r["seed"]], ri[r["round"]]] = r["train_loss"]
+  try:
+    with open(cfg_path) as f:
+      record = json.load(f)
+    record["config"]["method"]  # pylint: disable=pointless-statement
+  except (ValueError, KeyError, TypeError) as e:
+    raise ValueError(f"{cfg_path}: not a run record ({e!r})") from None
+  metrics_path = os.path.join(run_dir, experiment.METRICS_FILE)
+  try:
+    rows = [r for r in experiment.read_metrics(run_dir)
+            if r["test_accuracy"] is not None]
+    if not rows:
+      return None
+    seeds = sorted({r["seed"] for r in rows})
+    rounds = sorted({r["round"] for r in rows})
+    # Keep the rounds every seed has reached (a partial chunk has all seeds).
+    acc = np.full((len(seeds), len(rounds)), np.nan)
+    loss = np.full_like(acc, np.nan)
+    si = {s: i for i, s in enumerate(seeds)}
+    ri = {r: i for i, r in enumerate(rounds)}
+    for r in rows:
+      acc[si[r["seed"]], ri[r["round"]]] = r["test_accuracy"]
+      loss[si[r["seed"]], ri[r["round"]]] = r["train_loss"]
+  except (KeyError, TypeError) as e:  # Rows that are not ours.
+    what = f"a row lacks {e}" if isinstance(e, KeyError) else str(e)
+    raise ValueError(f"{metrics_path}: not a metrics file ({what})") from None
   return RunCurves(os.path.basename(os.path.normpath(run_dir)),
                    record["config"], record.get("data_source", "?"),
                    np.asarray(seeds), np.asarray(rounds), acc, loss,

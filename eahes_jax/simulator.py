@@ -50,18 +50,25 @@ from eahes_jax import models as models_lib
 from eahes_jax import partition
 from eahes_jax import weighting
 
-# Bits of ``RoundMetrics.nonfinite``: which quantity first went non-finite.
+# Bits of ``RoundMetrics.nonfinite``: which quantity went non-finite. The
+# first four are a worker's local steps; EXCHANGE is the worker's parameters
+# after the elastic exchange, MASTER the master's (set on every worker).
 NONFINITE_LOSS = 1
 NONFINITE_GRAD = 2
 NONFINITE_HESSIAN = 4
 NONFINITE_PARAMS = 8
+NONFINITE_EXCHANGE = 16
+NONFINITE_MASTER = 32
 _NONFINITE_NAMES = ((NONFINITE_LOSS, "loss"), (NONFINITE_GRAD, "gradient"),
                     (NONFINITE_HESSIAN, "Hessian diagonal"),
-                    (NONFINITE_PARAMS, "parameters"))
+                    (NONFINITE_PARAMS, "parameters"),
+                    (NONFINITE_EXCHANGE, "parameters after the exchange"),
+                    (NONFINITE_MASTER, "master parameters after the exchange"))
 
 
 class NonFiniteError(FloatingPointError):
-  """A worker's loss, gradient, Hessian diagonal or parameters went non-finite.
+  """A worker's loss, gradient, Hessian diagonal or parameters, or the
+  parameters of a worker or the master after the exchange, went non-finite.
 
   Attributes:
     round: the first communication round (1-based) where it happened.
@@ -122,7 +129,8 @@ class RoundMetrics(NamedTuple):
     h_master: (k,) the master's pull toward the worker this round.
     connected: (k,) bool, whether the worker reached the master.
     local_steps: (k,) int32, local steps computed this round.
-    nonfinite: (k,) int32 bit mask of ``NONFINITE_*`` (0: all finite).
+    nonfinite: (k,) int32 bit mask of ``NONFINITE_*`` (0: all finite),
+      covering the local steps and the exchange's outputs.
   """
 
   worker_loss: chex.Array
@@ -259,6 +267,28 @@ class DeviceData(NamedTuple):
   train_eval_y: chex.Array
 
 
+def check_data(config: config_lib.SimConfig, data: data_lib.MNIST) -> None:
+  """Checks that the training set can be split among the config's workers.
+
+  Raises:
+    config.ConfigError: the overlap partition would leave a worker without
+      an example of its own (named after ``num_workers``).
+  """
+  config = config.resolve()
+  n_train = int(data.train_images.shape[0])
+  try:
+    data_lib.overlap_partition(n_train, config.num_workers,
+                               config.overlap_ratio, 0)
+  except ValueError:
+    if n_train < 1:
+      raise
+    raise config_lib.ConfigError(
+        f"num_workers must leave every worker at least one training example"
+        f" of its own; {config.num_workers} workers are too many for"
+        f" {n_train} examples with overlap_ratio {config.overlap_ratio:g}",
+        "num_workers") from None
+
+
 class Simulation:
   """A compiled simulation of one configuration over its seeds.
 
@@ -287,6 +317,7 @@ class Simulation:
     self.failure_model = make_failure_model(config)
 
     n_train = int(data.train_images.shape[0])
+    check_data(config, data)
     # Each seed draws its own overlap partition (§4), like a fresh run would.
     self.worker_idx = np.stack([
         partition.label_skew_partition(data.train_labels, config.num_workers,
@@ -414,6 +445,12 @@ class Simulation:
     workers, master = elastic.exchange(
         workers, state.master, weights.h_worker, weights.h_master,
         failures.connected, order=cfg.exchange_order, key=exchange_key)
+    # The exchange can overflow finite inputs (e.g. a huge learning rate):
+    # its outputs are inside the guard too.
+    nonfinite = (nonfinite
+                 | jnp.where(jax.vmap(_all_finite)(workers), 0,
+                             NONFINITE_EXCHANGE)
+                 | jnp.where(_all_finite(master), 0, NONFINITE_MASTER))
     computed = failures.local_steps > 0
     train_loss = (jnp.sum(jnp.where(computed, worker_loss, 0.0))
                   / jnp.maximum(jnp.sum(computed), 1))

@@ -18,6 +18,7 @@ import sys
 from absl import app
 from absl import flags
 
+from eahes_jax import experiment
 from eahes_jax import plotting
 from eahes_jax import studies
 from eahes_jax import study_figures
@@ -28,7 +29,8 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None,
 
 def main(argv):
   if len(argv) != 2:
-    raise app.UsageError("usage: python -m experiments.plot RESULTS_DIR")
+    experiment.usage_error("usage: python -m experiments.plot RESULTS_DIR"
+                           " [--out_dir=FIGURES_DIR]")
   try:
     paths = []
     if studies.read_study(argv[1]) is None:

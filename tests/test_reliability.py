@@ -218,9 +218,10 @@ def test_nonfinite_stops_the_run_and_keeps_the_last_checkpoint(
   assert "Traceback" not in proc.stderr
   lines = error_lines(proc.stderr)
   assert len(lines) == 1, proc.stderr
+  name = (r"(?:loss|gradient|Hessian diagonal|parameters"
+          r"|(?:master )?parameters after the exchange)")
   match = re.fullmatch(
-      r"error: non-finite ((?:loss|gradient|Hessian diagonal|parameters)"
-      r"(?:, (?:loss|gradient|Hessian diagonal|parameters))*) in round"
+      rf"error: non-finite ({name}(?:, {name})*) in round"
       r" (\d+), worker (\d+) \(seed 0\); .*", lines[0])
   assert match, lines[0]
   bad_round, worker = int(match.group(2)), int(match.group(3))
