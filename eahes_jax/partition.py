@@ -22,9 +22,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def _sizes(num_examples, num_workers, overlap_ratio
-           ) -> tuple[int, int, int, int]:
-  """(n, k, o, m) after checking the arguments; see `overlap_partition`."""
+def sizes(num_examples, num_workers, overlap_ratio
+          ) -> tuple[int, int, int, int]:
+  """(n, k, o, m): examples, workers, shared and own-set sizes.
+
+  Raises:
+    ValueError: an argument is out of range, or the workers' own sets
+      would be empty; see `overlap_partition`.
+  """
   if isinstance(num_examples, bool) or not isinstance(
       num_examples, (int, np.integer)) or num_examples < 1:
     raise ValueError(
@@ -71,7 +76,7 @@ def overlap_partition(num_examples: int, num_workers: int,
     ValueError: an argument is out of range, or every worker's own set S_j
       would be empty.
   """
-  n, k, o, m = _sizes(num_examples, num_workers, overlap_ratio)
+  n, k, o, m = sizes(num_examples, num_workers, overlap_ratio)
   perm = np.random.default_rng(seed).permutation(n).astype(np.int32)
   shared = perm[:o]
   own = perm[o:o + k * m].reshape(k, m)
@@ -115,7 +120,7 @@ def label_skew_partition(labels: np.ndarray, num_workers: int,
     raise ValueError(f"label_skew must be in [0, 1], got {label_skew!r}")
   if label_skew == 0:
     return overlap_partition(labels.shape[0], num_workers, overlap_ratio, seed)
-  n, k, o, m = _sizes(labels.shape[0], num_workers, overlap_ratio)
+  n, k, o, m = sizes(labels.shape[0], num_workers, overlap_ratio)
   rng = np.random.default_rng(seed)
   perm = rng.permutation(n).astype(np.int32)
   shared, rest = perm[:o], perm[o:]

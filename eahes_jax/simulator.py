@@ -277,8 +277,7 @@ def check_data(config: config_lib.SimConfig, data: data_lib.MNIST) -> None:
   config = config.resolve()
   n_train = int(data.train_images.shape[0])
   try:
-    data_lib.overlap_partition(n_train, config.num_workers,
-                               config.overlap_ratio, 0)
+    partition.sizes(n_train, config.num_workers, config.overlap_ratio)
   except ValueError:
     if n_train < 1:
       raise

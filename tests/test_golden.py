@@ -1,0 +1,37 @@
+"""A fixed-seed run's metrics file, byte for byte, against a stored golden copy.
+
+Refactors must keep the simulator's numerics: this run covers AdaHessian with
+Hutchinson probes, overlap shards, Bernoulli failures, the dynamic weighting
+and the sequential exchange, two seeds side by side. It runs under the test
+suite's XLA flags (tests/conftest.py) on this project's CPU machines. A change
+that is *meant* to change the numerics regenerates the file with
+
+  EAHES_REGENERATE_GOLDEN=1 python -m pytest -q tests/test_golden.py
+
+and says so in its commit; anything else that breaks this test is a bug.
+"""
+
+import os
+import pathlib
+
+from eahes_jax import config as config_lib
+from eahes_jax import experiment
+from tests.conftest import tiny_mnist
+
+GOLDEN = pathlib.Path(__file__).parent / "golden" / "deahes_o_mlp.jsonl"
+
+CONFIG = config_lib.SimConfig(
+    method="DEAHES-O", model="mlp", num_workers=3, comm_period=2, rounds=6,
+    batch_size=16, num_seeds=2, seed=7, eval_every=3, train_eval_size=64,
+    eval_batch_size=64, execution="map", dw_threshold=-0.1)
+
+
+def test_fixed_seed_metrics_are_byte_identical_to_the_golden_file(tmp_path):
+  experiment.run_experiment(CONFIG, str(tmp_path / "run"),
+                            data=tiny_mnist(seed=3), log=lambda s: None)
+  produced = (tmp_path / "run" / experiment.METRICS_FILE).read_bytes()
+  if os.environ.get("EAHES_REGENERATE_GOLDEN") == "1":
+    GOLDEN.write_bytes(produced)
+  assert produced == GOLDEN.read_bytes(), (
+      "metrics.jsonl of the fixed-seed run changed; if the numerics are"
+      " meant to change, regenerate tests/golden (see this file's docstring)")
