@@ -151,10 +151,7 @@ def _program_bytes(sim: simulator.Simulation, state: simulator.SimState,
   (donated) + temporaries; ``None`` where the backend does not say."""
   try:
     # Lowering the cached jit again hits its compilation cache: no compile.
-    # pylint: disable=protected-access
-    compiled = sim._chunk_fn(rounds).lower(state, sim._worker_idx,
-                                           sim.data).compile()
-    # pylint: enable=protected-access
+    compiled = sim.lower_rounds(state, rounds).compile()
     m = compiled.memory_analysis()
     return int(m.argument_size_in_bytes + m.output_size_in_bytes
                - m.alias_size_in_bytes + m.temp_size_in_bytes)

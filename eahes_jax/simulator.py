@@ -479,6 +479,17 @@ class Simulation:
           jax.vmap(chunk, in_axes=(0, 0, None)), donate_argnums=0)
     return self._chunks[length]
 
+  def lower_rounds(self, state: SimState, num_rounds: int
+                   ) -> jax.stages.Lowered:
+    """The jitted chunk of ``num_rounds`` rounds, lowered for ``state``.
+
+    For benchmarks and inspection (``.compile().memory_analysis()``,
+    ``.cost_analysis()``); lowering a chunk ``run_rounds`` has already run
+    hits the jit's cache and compiles nothing new.
+    """
+    return self._chunk_fn(num_rounds).lower(state, self._worker_idx,
+                                            self.data)
+
   def run_rounds(self, state: SimState, num_rounds: int
                  ) -> tuple[SimState, RoundMetrics]:
     """Advances every seed by ``num_rounds`` rounds in one jitted scan.

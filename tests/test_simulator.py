@@ -194,3 +194,14 @@ def test_log_distance_after_follows_the_exchange(failure_rate, data):
   shift = np.log(1 - 2 * 0.1) if failure_rate == 0 else 0.0
   np.testing.assert_allclose(h.metrics.log_distance_after,
                              h.metrics.log_distance + shift, atol=1e-4)
+
+
+def test_lower_rounds_is_the_chunk_run_rounds_runs(data):
+  sim = simulator.Simulation(BASE.replace(method="EASGD"), data)
+  compiled = sim.lower_rounds(sim.init_state(), 2).compile()
+  assert compiled.memory_analysis() is not None
+  # The same program as run_rounds: the same outputs from the same state.
+  _, expected = sim.run_rounds(sim.init_state(), 2)
+  _, out = compiled(sim.init_state(), sim.worker_idx, sim.data)
+  chex.assert_trees_all_equal(jax.tree_util.tree_map(np.asarray, out),
+                              expected)
