@@ -654,20 +654,22 @@ def train(config: config_lib.SimConfig, out_dir: str, *, data_source: str,
   log(f"Ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g}"
       f" CPUs; starting {config.num_workers} workers and the master")
   start = time.perf_counter()
-  state = {"t": None, "done": 0}
+  state = {"t": None, "done": 0, "shown": 0.0}
 
   def progress(last: list[int], logged: int) -> None:
     done = min(last)
     now = time.perf_counter()
     if state["t"] is None:
-      state["t"] = now  # first report: the workers are up and compiled.
-    if done == state["done"] and done < config.rounds:
+      state["t"], state["done0"] = now, done  # workers up and compiled.
       return
-    state["done"] = done
-    rate = done / max(now - state["t"], 1e-9)
-    eta = (config.rounds - done) / rate if rate > 0 else float("nan")
-    log(f"round {done}/{config.rounds}: {logged} exchanges,"
-        f" {rate:.2f} rounds/s, ETA {eta:.0f} s")
+    if done < config.rounds and now - state["shown"] < 2.0:
+      return
+    state["shown"] = now
+    rate = (done - state["done0"]) / max(now - state["t"], 1e-9)
+    eta = (f"ETA {(config.rounds - done) / rate:.0f} s" if rate > 0
+           else "ETA unknown")
+    log(f"round {done}/{config.rounds} (every worker): {logged} exchanges,"
+        f" {rate:.2f} rounds/s, {eta}")
 
   result = run(config, data, ordered=ordered, kills=kills, callback=progress)
   summary = write_results(result, out_dir, data.source, ordered=ordered)
