@@ -174,12 +174,14 @@ class Master:
     self._workers: list[Any] = []
     self._kills: set[tuple[int, int]] = set()
     self.t0 = time.perf_counter()
-    self.evals = [dict(round=0, wall_time_s=0.0, **self._evaluate())]
+    self.evals = [dict(round=0, wall_time_s=0.0,
+                       **self._evaluate(self.params))]
+    self._snapshots: list[tuple[int, float, Any]] = []
     self._next_eval = min(config.eval_every, config.rounds)
 
-  def _evaluate(self) -> dict[str, float]:
+  def _evaluate(self, params: Any) -> dict[str, float]:
     state = self._template._replace(master=jax.tree_util.tree_map(
-        lambda x: x[None], self.params))
+        lambda x: x[None], params))
     return _eval_dict(self.sim.evaluate(state))
 
   def start_clock(self, workers: Sequence[Any] = (),
@@ -204,9 +206,10 @@ class Master:
     self.last_round[worker] = max(self.last_round[worker], round_)
     done = min(self.last_round)
     while self._next_eval and done >= self._next_eval:
-      self.evals.append(dict(round=self._next_eval,
-                             wall_time_s=time.perf_counter() - self.t0,
-                             **self._evaluate()))
+      # A snapshot now, evaluated at the end: evaluating here would hold up
+      # every worker's exchange and distort the clock.
+      self._snapshots.append((self._next_eval,
+                              time.perf_counter() - self.t0, self.params))
       nxt = self._next_eval + self.config.eval_every
       self._next_eval = (min(nxt, self.config.rounds)
                          if self._next_eval < self.config.rounds else 0)
@@ -269,10 +272,15 @@ class Master:
 
   def finish(self) -> dict[str, Any]:
     """The log, the evaluations (the last round's forced) and θ_m."""
-    if self.evals[-1]["round"] != min(self.last_round):
-      self.evals.append(dict(round=min(self.last_round),
-                             wall_time_s=time.perf_counter() - self.t0,
-                             **self._evaluate()))
+    done = min(self.last_round)
+    if not self._snapshots or self._snapshots[-1][0] != done:
+      self._snapshots.append((done, time.perf_counter() - self.t0,
+                              self.params))
+    for round_, wall, params in self._snapshots:
+      if round_ > 0:
+        self.evals.append(dict(round=round_, wall_time_s=wall,
+                               **self._evaluate(params)))
+    self._snapshots = []
     return dict(log=list(self.log), evals=list(self.evals),
                 rejected=self.rejected, params=self.params,
                 epochs=list(self.epochs))
@@ -662,9 +670,10 @@ def train(config: config_lib.SimConfig, out_dir: str, *, data_source: str,
     if state["t"] is None:
       state["t"], state["done0"] = now, done  # workers up and compiled.
       return
-    if done < config.rounds and now - state["shown"] < 2.0:
+    if (done < config.rounds and now - state["shown"] < 2.0) or (
+        done == state.get("shown_round")):
       return
-    state["shown"] = now
+    state["shown"], state["shown_round"] = now, done
     rate = (done - state["done0"]) / max(now - state["t"], 1e-9)
     eta = (f"ETA {(config.rounds - done) / rate:.0f} s" if rate > 0
            else "ETA unknown")
