@@ -539,8 +539,8 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
         last, logged = ray.get(master.progress.remote())
         if callback is not None:
           callback(last, logged)
+    wall = time.perf_counter() - start  # before the deferred evaluations
     out = ray.get(master.finish.remote())
-    wall = time.perf_counter() - start
     worker_params = ray.get([w.get_params.remote() for w in workers])
   finally:
     for actor in workers + [master]:
