@@ -424,6 +424,25 @@ class Simulation:
     loss = loss_sum / jnp.maximum(num_steps, 1).astype(jnp.float32)
     return params, opt_state, loss, bad
 
+  def local_steps(self, params, opt_state, key, worker_idx, num_steps):
+    """τ local steps of ONE worker, on this simulation's data (pure, jit-able).
+
+    The exact step the rounds run, for runtimes that run workers apart
+    (``eahes_jax.ray_runtime``).
+
+    Args:
+      params: the worker's parameters (no worker axis).
+      opt_state: its local optimizer state.
+      key: its key for the round (``split(work_key, k)[j]`` in ``_round``).
+      worker_idx: int (n_j,), its rows of the training set.
+      num_steps: int32 scalar; steps >= num_steps are no-ops.
+
+    Returns:
+      (params, opt_state, mean minibatch loss, non-finite bit mask).
+    """
+    return self._local_steps(params, opt_state, key, worker_idx, num_steps,
+                             self.data)
+
   def _round(self, state: SimState, worker_idx: chex.Array,
              data: DeviceData) -> tuple[SimState, RoundMetrics]:
     cfg = self.config
