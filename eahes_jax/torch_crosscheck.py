@@ -34,10 +34,13 @@ from torch import nn
 from torch.nn import functional as F
 
 __all__ = [
+    "PARAM_NAMES",
     "TorchAdaHessian",
     "TorchSmallCNN",
     "flax_to_torch",
     "hutchinson_diag_torch",
+    "images_to_torch",
+    "load_flax_params",
     "torch_to_flax",
 ]
 
@@ -225,9 +228,9 @@ class TorchAdaHessian(torch.optim.Optimizer):
         m = b1 * state["m"] + (1.0 - b1) * g
         v = b2 * state["v"] + (1.0 - b2) * (d * d)
         state["m"], state["v"] = m, v
-        f32 = lambda x: torch.tensor(x, dtype=torch.float32)
-        bc1 = 1.0 - f32(b1) ** t
-        bc2 = 1.0 - f32(b2) ** t
+        # In float32, as optax computes them.
+        bc1 = 1.0 - torch.tensor(b1, dtype=torch.float32) ** t
+        bc2 = 1.0 - torch.tensor(b2, dtype=torch.float32) ** t
         root = torch.sqrt(v / bc2)
         denom = root if k == 1 else root ** k
         denom = denom + group["eps"]

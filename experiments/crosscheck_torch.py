@@ -137,7 +137,8 @@ def run_crosscheck(
     median_abs_diff (largest over the 8 tensors of the median |Δθ| within a
     tensor), torch vs JAX, max_abs_diff_control and
     median_abs_diff_control (JAX im2col vs JAX xla, or None), max_abs_param
-    (largest |θ| on the JAX side), loss_jax, loss_torch, test_acc_jax,
+    (largest |θ| on the JAX side), loss_jax, loss_torch (the step's
+    minibatch loss, before its update), test_acc_jax,
     test_acc_torch, seconds (wall time so far).
 
   Raises:
@@ -177,8 +178,10 @@ def run_crosscheck(
     x, y = mnist.train_images[idx], mnist.train_labels[idx]
     # The key hutchinson_diag gets; it draws rademacher_like(key, params).
     key = jax.random.fold_in(key_probe, t)
+    losses_jax = []
     for side in sides:
-      side[0], side[1], loss_jax = side[2](side[0], side[1], x, y, key)
+      side[0], side[1], loss = side[2](side[0], side[1], x, y, key)
+      losses_jax.append(loss)
     z = tc.flax_to_torch(probes_fn(key, sides[0][0]))
     loss_torch = torch.nn.functional.cross_entropy(
         net(tc.images_to_torch(x)), torch.from_numpy(y.astype(np.int64)))
@@ -192,19 +195,19 @@ def run_crosscheck(
       with torch.no_grad():
         pred = torch.cat([net(test_x_torch[i:i + 1000]).argmax(-1)
                           for i in range(0, len(test_y_torch), 1000)])
-      diff = _abs_diffs(params,
-                        tc.torch_to_flax(dict(net.named_parameters())))
+      diff = _max_and_median(_abs_diffs(
+          params, tc.torch_to_flax(dict(net.named_parameters()))))
       diff_ctl = (_max_and_median(_abs_diffs(params, sides[1][0]))
                   if control else (None, None))
       rows.append({
           "step": t,
-          "max_abs_diff": _max_and_median(diff)[0],
-          "median_abs_diff": _max_and_median(diff)[1],
+          "max_abs_diff": diff[0],
+          "median_abs_diff": diff[1],
           "max_abs_diff_control": diff_ctl[0],
           "median_abs_diff_control": diff_ctl[1],
           "max_abs_param": max(float(jnp.max(jnp.abs(p)))
                                for p in jax.tree_util.tree_leaves(params)),
-          "loss_jax": float(loss_jax),
+          "loss_jax": float(losses_jax[0]),
           "loss_torch": loss_torch.item(),
           "test_acc_jax": _accuracy(
               functools.partial(correct_jax, params), mnist.test_images,

@@ -186,10 +186,11 @@ def test_crosscheck_smoke_agrees_up_to_rounding():
                                          batch_size=32, seed=0)
   assert [r["step"] for r in rows] == [1, 3]
   for r in rows:
-    # Each tensor's median |Δθ|: a few ulps of O(1) values (ulp(1) = 1.2e-7,
-    # seen: < 1e-7). Training without the spatial average, or with eps 1e-8
-    # instead of 1e-4, gives 2e-4 and 7e-5 here.
-    assert r["median_abs_diff"] < 1e-6, r
+    # Each tensor's median |Δθ|: a few ulps of O(1) values (ulp(1) = 1.2e-7;
+    # seen: < 1e-7 here, up to 9e-7 at batch 64, as the control's). Torch
+    # trained without the spatial average, or with eps 1e-8 instead of 1e-4,
+    # gives 2e-4 and 7e-5 here at step 3.
+    assert r["median_abs_diff"] <= 10 * r["median_abs_diff_control"] + 1e-6, r
     # The largest: of the order of JAX against itself with the other conv
     # algorithm (see EXPECTATION: where |D| << eps, a rounding change dD of D
     # changes the step by lr·|g|·dD/eps²; seen: 8e-4 and 7e-3 for torch,
