@@ -123,6 +123,42 @@ def test_torch_hutchinson_matches_jax_with_the_same_probes():
                                  atol=1e-5 * np.abs(a).max())
 
 
+def test_torch_hutchinson_equals_jax_in_float64_on_mnist_like_images():
+  """In float64 both sides compute the same numbers up to ~1e-15.
+
+  Images with a constant background, like MNIST's, so that max-pool windows
+  tie; float32 would only check agreement up to rounding.
+  """
+  rng = np.random.default_rng(5)
+  x = np.full((16, 28, 28, 1), -0.42)
+  x[:, 6:22, 8:20, 0] = rng.normal(size=(16, 16, 12))
+  x = x.astype(np.float32)  # images_to_torch gives float32
+  y = rng.integers(0, 10, 16).astype(np.int32)
+  params32 = _random_params()
+  key = jax.random.key(11)
+  with jax.enable_x64(True):
+    params = jax.tree_util.tree_map(lambda a: a.astype(jnp.float64), params32)
+    model = models.get_model("small_cnn")
+    _, grads, diag = hutchinson_diag(
+        lambda p: _cross_entropy(model, p, jnp.asarray(x, jnp.float64), y),
+        params, key)
+    probes = tc.flax_to_torch(rademacher_like(key, params))
+  net = tc.TorchSmallCNN().double()
+  tc.load_flax_params(net, params)
+  loss_t = torch.nn.functional.cross_entropy(
+      net(tc.images_to_torch(x).double()),
+      torch.from_numpy(y.astype(np.int64)))
+  grads_t, diag_t = tc.hutchinson_diag_torch(
+      loss_t, _torch_params(net), [probes[n] for n in tc.PARAM_NAMES])
+  for mine, theirs in ((grads, grads_t), (diag, diag_t)):
+    theirs = tc.torch_to_flax(dict(zip(tc.PARAM_NAMES, theirs)))
+    for a, b in zip(jax.tree_util.tree_leaves(mine),
+                    jax.tree_util.tree_leaves(theirs)):
+      assert b.dtype == np.float64
+      np.testing.assert_allclose(b, a, rtol=1e-9,
+                                 atol=1e-12 * np.abs(a).max())
+
+
 # -------------------------------------------------------------- AdaHessian --
 
 
