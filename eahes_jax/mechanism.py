@@ -233,6 +233,8 @@ def analyse(series: Sequence[RoundSeries], coeffs: Sequence[float],
   Returns:
     The ``Analysis``.
   """
+  if not series:
+    raise ValueError("series must hold at least one seed's rounds, got none")
   us, as_, afters, pos, neg, pos_after, neg_after = [], [], [], [], [], [], []
   for s in series:
     events = outage_ends(s.connected)
@@ -317,6 +319,8 @@ def study_analyses(out_dir: str, runs: Sequence[str], window: int = 3
   out = {}
   for name in runs:
     run_dir = os.path.join(out_dir, "runs", name)
-    if os.path.exists(os.path.join(run_dir, experiment.METRICS_FILE)):
+    # A run that has not finished a round yet has nothing to analyse.
+    if (os.path.exists(os.path.join(run_dir, experiment.METRICS_FILE))
+        and load_series(run_dir)):
       out[name] = analyse_run(run_dir, window)
   return out

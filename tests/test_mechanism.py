@@ -127,3 +127,13 @@ def test_a_run_without_failures_has_no_roc_and_a_table_row():
   assert an.events == 0 and an.roc_before is None and an.roc_after is None
   assert "| none | 0 |" in mechanism.summary_table({"none": an})
   assert np.isfinite(an.healthy_median)
+
+
+def test_a_run_with_no_round_yet_is_left_out(tmp_path):
+  run = tmp_path / "runs" / "EAHES-O_x"
+  run.mkdir(parents=True)
+  (run / "metrics.jsonl").write_text(json.dumps(
+      {"round": 0, "seed": 0, "connected": None, "log_distance": None}) + "\n")
+  assert mechanism.study_analyses(str(tmp_path), ["EAHES-O_x"]) == {}
+  with pytest.raises(ValueError, match="at least one"):
+    mechanism.analyse([], COEFFS)
