@@ -346,6 +346,8 @@ def readings_table(study: Study, out_dir: str,
       continue
     # A run still going is compared with its partner at the same round.
     rounds = int(min(ra.eval_rounds[-1], rb.eval_rounds[-1]))
+    if rounds == 0:  # One of them has not trained yet: nothing to compare.
+      continue
     va = claims.per_seed(ra, quantity, up_to_round=rounds)
     vb = claims.per_seed(rb, quantity, up_to_round=rounds)
     d = stats.paired_difference(va, vb)
