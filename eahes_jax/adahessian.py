@@ -261,11 +261,17 @@ def adahessian(
     _check_nonnegative("learning_rate", learning_rate)
   if not callable(weight_decay):
     _check_nonnegative("weight_decay", weight_decay)
-  transforms = [
+  return _decayed_and_scaled(
       scale_by_adahessian(
           b1=b1, b2=b2, eps=eps, hessian_power=hessian_power,
-          spatial_average=spatial_average)
-  ]
+          spatial_average=spatial_average),
+      learning_rate, weight_decay)
+
+
+def _decayed_and_scaled(direction, learning_rate, weight_decay):
+  """``direction``, then decoupled weight decay, then −lr: the shared tail
+  of AdaHessian and its Adam control."""
+  transforms = [direction]
   # A constant zero decay is left out so that params stay optional.
   if callable(weight_decay) or not (
       isinstance(weight_decay, (int, float)) and weight_decay == 0):
@@ -304,9 +310,5 @@ def elastic_adam(
     _check_nonnegative("learning_rate", learning_rate)
   if not callable(weight_decay):
     _check_nonnegative("weight_decay", weight_decay)
-  transforms = [optax.scale_by_adam(b1=b1, b2=b2, eps=eps)]
-  if callable(weight_decay) or not (
-      isinstance(weight_decay, (int, float)) and weight_decay == 0):
-    transforms.append(optax.add_decayed_weights(weight_decay))
-  transforms.append(optax.scale_by_learning_rate(learning_rate))
-  return optax.chain(*transforms)
+  return _decayed_and_scaled(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
+                             learning_rate, weight_decay)
