@@ -24,6 +24,21 @@ MASTER_ESTIMATES = weighting.MASTER_ESTIMATES
 ORACLE_VARIANTS = weighting.ORACLE_VARIANTS
 EXECUTIONS = ("auto",) + execution.STRATEGIES
 CONV_IMPLS = ("auto",) + models.CONV_IMPLS
+# The paper's local learning rate, for every method (algorithms.md §7).
+DEFAULT_LR = 0.01
+
+
+def choices() -> dict[str, tuple[str, ...]]:
+  """The allowed values of each ``SimConfig`` field that has a fixed set.
+
+  A function, not a constant: methods can be registered after import.
+  """
+  return {"method": tuple(methods_lib.methods()), "model": MODELS,
+          "failure_model": FAILURE_MODELS, "failure_mode": FAILURE_MODES,
+          "exchange_order": EXCHANGE_ORDERS,
+          "dw_master_estimate": MASTER_ESTIMATES,
+          "oracle_variant": ORACLE_VARIANTS, "execution": EXECUTIONS,
+          "conv_impl": CONV_IMPLS}
 
 
 class ConfigError(ValueError):
@@ -67,14 +82,14 @@ class SimConfig:
     comm_period: τ, local steps per communication round, >= 1.
     rounds: communication rounds to run, >= 0.
     batch_size: minibatch size per worker and local step.
-    lr: local learning rate η (None: 0.01, the paper's).
+    lr: local learning rate η (unset: ``DEFAULT_LR``, 0.01, the paper's).
     momentum: Nesterov momentum δ of EAMSGD (the paper: 0.5).
     alpha: the elastic moving rate α (the paper: 0.1), in (0, 1].
-    overlap_ratio: r, the shared fraction of the data, in [0, 1) (None: the
-      method's default).
+    overlap_ratio: r, the shared fraction of the data, in [0, 1) (unset: the
+      method's default, 1/k for the overlap methods and 0 for the others).
     label_skew: s in [0, 1], the fraction of each worker's own data dealt by
       label (``partition.label_skew_partition``); 0 is the paper's uniform
-      partition.
+      partition, 1 gives each worker about 10/k classes.
     weight_decay: AdaHessian's decoupled weight decay.
     hessian_samples: Hutchinson probes per step (the paper: 1).
     hessian_power: AdaHessian's Hessian power k in (0, 1].
@@ -104,8 +119,9 @@ class SimConfig:
     execution: how the worker axis runs: ``"vmap"``, ``"map"`` (sequential
       ``lax.map`` inside jit), ``"sharded"`` (over a device mesh) or
       ``"auto"`` (map on CPU, vmap on accelerators).
-    conv_impl: convolution formulation of the CNNs: ``"xla"``, ``"im2col"``
-      or ``"auto"`` (im2col on CPU where it is faster, xla elsewhere).
+    conv_impl: convolution formulation of the CNNs (``models.CONV_IMPLS``:
+      ``"xla"``, ``"im2col"``, ``"im2col_lax"``) or ``"auto"`` (im2col on CPU
+      where it is faster, xla elsewhere).
   """
 
   method: str = "DEAHES-O"
@@ -149,9 +165,9 @@ class SimConfig:
 
   def validate(self) -> None:
     """Checks every field; raises ``ConfigError`` naming the first bad one."""
-    _check(self.method in methods_lib.methods(), "method",
-           f"one of {sorted(methods_lib.methods())}", self.method)
-    _check(self.model in MODELS, "model", f"one of {MODELS}", self.model)
+    for name, allowed in choices().items():
+      _check(getattr(self, name) in allowed, name, f"one of {allowed}",
+             getattr(self, name))
     for name, low in (("num_workers", 1), ("comm_period", 1), ("rounds", 0),
                       ("batch_size", 1), ("hessian_samples", 1),
                       ("dw_history", 1), ("num_seeds", 1), ("seed", 0),
@@ -181,10 +197,6 @@ class SimConfig:
            "hessian_power", "in (0, 1]", self.hessian_power)
     _check(_is_real(self.failure_rate) and 0 <= self.failure_rate <= 1,
            "failure_rate", "in [0, 1]", self.failure_rate)
-    _check(self.failure_model in FAILURE_MODELS, "failure_model",
-           f"one of {FAILURE_MODELS}", self.failure_model)
-    _check(self.failure_mode in FAILURE_MODES, "failure_mode",
-           f"one of {FAILURE_MODES}", self.failure_mode)
     _check(_is_real(self.mean_outage) and self.mean_outage >= 1,
            "mean_outage", "a number >= 1 (rounds)", self.mean_outage)
     if self.failure_model == "bursty":
@@ -206,8 +218,6 @@ class SimConfig:
     _check(_is_real(self.straggler_slowdown)
            and 0 <= self.straggler_slowdown <= 1, "straggler_slowdown",
            "in [0, 1]", self.straggler_slowdown)
-    _check(self.exchange_order in EXCHANGE_ORDERS, "exchange_order",
-           f"one of {EXCHANGE_ORDERS}", self.exchange_order)
     _check(len(self.dw_coeffs) == self.dw_history, "dw_coeffs",
            f"{self.dw_history} numbers (one per dw_history difference)",
            self.dw_coeffs)
@@ -217,19 +227,11 @@ class SimConfig:
            "numbers summing to 1", self.dw_coeffs)
     _check(_is_real(self.dw_threshold) and self.dw_threshold < 0,
            "dw_threshold", "a number < 0", self.dw_threshold)
-    _check(self.dw_master_estimate in MASTER_ESTIMATES, "dw_master_estimate",
-           f"one of {MASTER_ESTIMATES}", self.dw_master_estimate)
     if (self.dw_master_estimate == "peer_mean"
         and methods_lib.get_method(self.method).weighting == "dynamic"):
       _check(self.num_workers >= 2, "num_workers",
              ">= 2 with dw_master_estimate='peer_mean' (a worker needs peers)",
              self.num_workers)
-    _check(self.oracle_variant in ORACLE_VARIANTS, "oracle_variant",
-           f"one of {ORACLE_VARIANTS}", self.oracle_variant)
-    _check(self.execution in EXECUTIONS, "execution", f"one of {EXECUTIONS}",
-           self.execution)
-    _check(self.conv_impl in CONV_IMPLS, "conv_impl", f"one of {CONV_IMPLS}",
-           self.conv_impl)
 
   @property
   def method_spec(self) -> methods_lib.Method:
@@ -238,7 +240,7 @@ class SimConfig:
   def resolve(self) -> "SimConfig":
     """Returns a copy with every ``None`` default filled in from the method."""
     method = self.method_spec
-    lr = 0.01 if self.lr is None else self.lr
+    lr = DEFAULT_LR if self.lr is None else self.lr
     r = (methods_lib.default_overlap_ratio(method, self.num_workers)
          if self.overlap_ratio is None else self.overlap_ratio)
     return dataclasses.replace(self, lr=lr, overlap_ratio=r)

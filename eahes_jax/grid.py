@@ -22,6 +22,7 @@ from typing import Callable
 from eahes_jax import config as config_lib
 from eahes_jax import experiment
 from eahes_jax import methods
+from eahes_jax import results_folder
 
 RUNS_DIR = "runs"
 GRID_FILE = "grid.json"
@@ -167,7 +168,7 @@ def run_grid(preset: Preset, out_dir: str, *,
              checkpoint_every: int = 0,
              log: Callable[[str], None] | None = None,
              tensorboard: bool = False
-             ) -> list[experiment.RunSummary]:
+             ) -> list[results_folder.RunSummary]:
   """Runs (or finishes) the whole grid into ``out_dir``.
 
   Args:
@@ -190,7 +191,7 @@ def run_grid(preset: Preset, out_dir: str, *,
     experiment.check_execution(config)
   # Bad data or a bad folder fail here, before anything is written.
   data = experiment.load_data(data_source or preset.data_source, mnist_dir)
-  experiment.check_writable(os.path.join(out_dir, RUNS_DIR))
+  results_folder.check_writable(os.path.join(out_dir, RUNS_DIR))
   _check_grid_record(out_dir, preset, data.source)
   log(f"grid results folder: {out_dir} ({len(configs)} runs)")
   start = time.perf_counter()
@@ -204,7 +205,7 @@ def run_grid(preset: Preset, out_dir: str, *,
 def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
                 *, data, checkpoint_every: int = 0,
                 log: Callable[[str], None], tensorboard: bool = False
-                ) -> list[experiment.RunSummary]:
+                ) -> list[results_folder.RunSummary]:
   """Runs each (name, config) into ``out_dir/runs/name``, in order.
 
   A complete run is skipped (its summary read back); a folder holding an
@@ -226,13 +227,13 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
   start = time.perf_counter()
   for i, (name, config) in enumerate(runs):
     run_dir = os.path.join(out_dir, RUNS_DIR, name)
-    if experiment.is_complete(run_dir):
-      summaries.append(experiment.read_summary(run_dir))
+    if results_folder.is_complete(run_dir):
+      summaries.append(results_folder.read_summary(run_dir))
       log(f"[{i + 1}/{len(runs)}] {name}: complete, skipped")
       continue
     log(f"[{i + 1}/{len(runs)}] {name} ({time.perf_counter() - start:.0f}"
         " s in)")
-    resume = os.path.exists(os.path.join(run_dir, experiment.CONFIG_FILE))
+    resume = os.path.exists(os.path.join(run_dir, results_folder.CONFIG_FILE))
     summaries.append(experiment.run_experiment(
         config, run_dir, data=data, checkpoint_every=checkpoint_every,
         resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"),
@@ -258,11 +259,11 @@ def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
       with open(path) as f:
         old = json.load(f)
     except (OSError, ValueError) as e:
-      raise experiment.ResultsDirError(
+      raise results_folder.ResultsDirError(
           f"{path} is unreadable ({e}); choose another results folder"
       ) from None
     if not isinstance(old, dict) or not isinstance(old.get("preset"), dict):
-      raise experiment.ResultsDirError(
+      raise results_folder.ResultsDirError(
           f"{path} is not a grid record; choose another results folder")
     old_p, new_p = old["preset"], record["preset"]
     fields = sorted(k for k in set(old_p) | set(new_p)
@@ -270,7 +271,7 @@ def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
     if old.get("data_source") != record["data_source"]:
       fields.append("data_source")
     if fields:
-      raise experiment.ResultsDirError(
+      raise results_folder.ResultsDirError(
           f"{out_dir!r} holds a grid of another preset or data source"
           f" ({old_p.get('name')!r} on {old.get('data_source')!r}; differs"
           f" in: {', '.join(fields)}); refusing to mix, choose"
@@ -322,11 +323,11 @@ def run_dynamic_weighting_sweep(base: config_lib.SimConfig, out_dir: str, *,
   rows = []
   for config in dynamic_weighting_configs(base):
     run_dir = os.path.join(out_dir, sweep_name(config))
-    if not experiment.is_complete(run_dir):
-      resume = os.path.exists(os.path.join(run_dir, experiment.CONFIG_FILE))
+    if not results_folder.is_complete(run_dir):
+      resume = os.path.exists(os.path.join(run_dir, results_folder.CONFIG_FILE))
       experiment.run_experiment(config, run_dir, data=data, resume=resume,
                                 log=lambda s: None)
-    metrics = [r for r in experiment.read_metrics(run_dir)
+    metrics = [r for r in results_folder.read_metrics(run_dir)
                if r["test_accuracy"] is not None]
     last = max(r["round"] for r in metrics)
     tail = [r for r in metrics if r["round"] >= last - last // 3]

@@ -33,8 +33,8 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from eahes_jax import experiment
 from eahes_jax import weighting
+from eahes_jax import results_folder
 
 BEFORE = 5
 AFTER = 10
@@ -58,7 +58,7 @@ class RoundSeries(NamedTuple):
 
 def load_series(run_dir: str) -> list[RoundSeries]:
   """Every seed's ``RoundSeries`` from a results folder's metrics."""
-  rows = [r for r in experiment.read_metrics(run_dir) if r["round"] >= 1]
+  rows = [r for r in results_folder.read_metrics(run_dir) if r["round"] >= 1]
   out = []
   for seed in sorted({r["seed"] for r in rows}):
     mine = sorted((r for r in rows if r["seed"] == seed),
@@ -272,7 +272,7 @@ def analyse(series: Sequence[RoundSeries], coeffs: Sequence[float],
 
 def analyse_run(run_dir: str, window: int = 3) -> Analysis:
   """``analyse`` of a stored run, with its own score coefficients."""
-  record = experiment.read_config(run_dir)
+  record = results_folder.read_config(run_dir)
   return analyse(load_series(run_dir), record["dw_coeffs"], window)
 
 
@@ -320,7 +320,7 @@ def study_analyses(out_dir: str, runs: Sequence[str], window: int = 3
   for name in runs:
     run_dir = os.path.join(out_dir, "runs", name)
     # A run that has not finished a round yet has nothing to analyse.
-    if (os.path.exists(os.path.join(run_dir, experiment.METRICS_FILE))
+    if (os.path.exists(os.path.join(run_dir, results_folder.METRICS_FILE))
         and load_series(run_dir)):
       out[name] = analyse_run(run_dir, window)
   return out

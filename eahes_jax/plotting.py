@@ -19,9 +19,9 @@ from typing import Any
 from matplotlib import figure as figure_lib
 import numpy as np
 
-from eahes_jax import experiment
 from eahes_jax import methods
 from eahes_jax import stats
+from eahes_jax import results_folder
 
 _STYLE = {  # Method -> matplotlib style, stable across figures.
     "EASGD": dict(color="tab:gray", ls="--", marker="o"),
@@ -84,9 +84,9 @@ class RunCurves:
 
 def load_run(run_dir: str) -> RunCurves | None:
   """Reads one results folder; None if it holds no evaluated rounds."""
-  cfg_path = os.path.join(run_dir, experiment.CONFIG_FILE)
+  cfg_path = os.path.join(run_dir, results_folder.CONFIG_FILE)
   if not os.path.exists(cfg_path) or not os.path.exists(
-      os.path.join(run_dir, experiment.METRICS_FILE)):
+      os.path.join(run_dir, results_folder.METRICS_FILE)):
     return None
   try:
     with open(cfg_path) as f:
@@ -94,9 +94,9 @@ def load_run(run_dir: str) -> RunCurves | None:
     record["config"]["method"]  # pylint: disable=pointless-statement
   except (ValueError, KeyError, TypeError) as e:
     raise ValueError(f"{cfg_path}: not a run record ({e!r})") from None
-  metrics_path = os.path.join(run_dir, experiment.METRICS_FILE)
+  metrics_path = os.path.join(run_dir, results_folder.METRICS_FILE)
   try:
-    rows = [r for r in experiment.read_metrics(run_dir)
+    rows = [r for r in results_folder.read_metrics(run_dir)
             if r["test_accuracy"] is not None]
     if not rows:
       return None
@@ -116,7 +116,7 @@ def load_run(run_dir: str) -> RunCurves | None:
   return RunCurves(os.path.basename(os.path.normpath(run_dir)),
                    record["config"], record.get("data_source", "?"),
                    np.asarray(seeds), np.asarray(rounds), acc, loss,
-                   experiment.is_complete(run_dir))
+                   results_folder.is_complete(run_dir))
 
 
 def load_results(results_dir: str) -> list[RunCurves]:

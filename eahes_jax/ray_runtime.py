@@ -50,6 +50,7 @@ from eahes_jax import elastic
 from eahes_jax import experiment
 from eahes_jax import simulator
 from eahes_jax import weighting
+from eahes_jax import results_folder
 
 try:
   import ray  # pylint: disable=g-import-not-at-top
@@ -556,7 +557,7 @@ RUNTIME_FILE = "runtime.json"
 
 
 def metrics_rows(result: Result) -> list[dict[str, Any]]:
-  """Rows in ``experiment.METRIC_COLUMNS`` plus ``wall_time_s``.
+  """Rows in ``results_folder.METRIC_COLUMNS`` plus ``wall_time_s``.
 
   Round r's row gathers the exchanges of round r from the log (per-worker
   columns are null for a worker whose exchange did not arrive). Its
@@ -596,7 +597,7 @@ def metrics_rows(result: Result) -> list[dict[str, Any]]:
 
 
 def write_results(result: Result, out_dir: str, data_source: str, *,
-                  ordered: bool = False) -> experiment.RunSummary:
+                  ordered: bool = False) -> results_folder.RunSummary:
   """Writes the simulator's results folder (plus the log and runtime stats).
 
   ``config.json``, ``metrics.jsonl`` (with ``wall_time_s``) and
@@ -606,11 +607,11 @@ def write_results(result: Result, out_dir: str, data_source: str, *,
   """
   os.makedirs(out_dir, exist_ok=True)
   cfg = result.config
-  with open(os.path.join(out_dir, experiment.CONFIG_FILE), "w") as f:
+  with open(os.path.join(out_dir, results_folder.CONFIG_FILE), "w") as f:
     json.dump({"config": cfg.to_dict(), "data_source": data_source,
                "runtime": "ray", "ordered": ordered}, f, indent=2)
   rows = metrics_rows(result)
-  with open(os.path.join(out_dir, experiment.METRICS_FILE), "w") as f:
+  with open(os.path.join(out_dir, results_folder.METRICS_FILE), "w") as f:
     for row in rows:
       f.write(json.dumps(row) + "\n")
   with open(os.path.join(out_dir, LOG_FILE), "w") as f:
@@ -634,14 +635,14 @@ def write_results(result: Result, out_dir: str, data_source: str, *,
   with open(os.path.join(out_dir, RUNTIME_FILE), "w") as f:
     json.dump(stats, f, indent=2)
   last = rows[-1]
-  summary = experiment.RunSummary(
+  summary = results_folder.RunSummary(
       method=cfg.method, num_workers=cfg.num_workers,
       comm_period=cfg.comm_period, rounds=cfg.rounds, seeds=[cfg.seed],
       final_test_accuracy=[last["test_accuracy"]],
       final_train_loss=[last["train_loss"]],
       final_test_loss=[last["test_loss"]],
       wall_time_s=result.wall_time_s, data_source=data_source)
-  with open(os.path.join(out_dir, experiment.SUMMARY_FILE), "w") as f:
+  with open(os.path.join(out_dir, results_folder.SUMMARY_FILE), "w") as f:
     json.dump(dataclasses.asdict(summary), f, indent=2)
   return summary
 
@@ -649,7 +650,7 @@ def write_results(result: Result, out_dir: str, data_source: str, *,
 def train(config: config_lib.SimConfig, out_dir: str, *, data_source: str,
           mnist_dir: str | None = None, ray_address: str | None = None,
           ordered: bool = False, kills: Sequence[tuple[int, int]] = (),
-          log: Callable[[str], None] = print) -> experiment.RunSummary:
+          log: Callable[[str], None] = print) -> results_folder.RunSummary:
   """What ``experiments.train_distributed`` does: connect, run, write.
 
   Raises:

@@ -85,7 +85,7 @@ class NonFiniteError(FloatingPointError):
     self.quantities = quantities
     super().__init__(
         f"non-finite {', '.join(quantities)} in round {round_}, worker"
-        f" {worker} (seed {seed}); lower --lr or check the data")
+        f" {worker} (seed {seed}); lower `lr` or check the data")
 
 
 class SimState(NamedTuple):
@@ -196,7 +196,7 @@ def make_optimizer(config: config_lib.SimConfig
                    ) -> optax.GradientTransformationExtraArgs:
   """The workers' local optimizer for the config's method (§7)."""
   method = config.method_spec
-  lr = config.lr if config.lr is not None else 0.01
+  lr = config.resolve().lr
   if method.optimizer == "sgd":
     return optax.sgd(lr)
   if method.optimizer == "nesterov":

@@ -37,6 +37,7 @@ from eahes_jax import experiment
 from eahes_jax import grid
 from eahes_jax import plotting
 from eahes_jax import stats
+from eahes_jax import results_folder
 
 STUDY_FILE = "study.json"
 
@@ -257,13 +258,13 @@ def run_study(study: Study, out_dir: str, *, data_source: str = "auto",
     tensorboard: write TensorBoard events into each run's folder.
 
   Raises:
-    experiment.ResultsDirError: ``out_dir`` holds another study.
+    results_folder.ResultsDirError: ``out_dir`` holds another study.
   """
   log = log or (lambda s: print(s, flush=True))
   for _, config in study.runs:
     experiment.check_execution(config)
   data = experiment.load_data(data_source, mnist_dir)
-  experiment.check_writable(os.path.join(out_dir, grid.RUNS_DIR))
+  results_folder.check_writable(os.path.join(out_dir, grid.RUNS_DIR))
   _check_study_record(out_dir, study, data.source)
   start = time.perf_counter()
   grid.run_configs(list(study.runs), out_dir, data=data,
@@ -289,18 +290,18 @@ def _check_study_record(out_dir: str, study: Study, source: str) -> None:
         old = json.load(f)
       old_key = (old["study"], old["data_source"])
     except (OSError, ValueError, KeyError, TypeError) as e:
-      raise experiment.ResultsDirError(
+      raise results_folder.ResultsDirError(
           f"{out_dir!r} has an unreadable {STUDY_FILE} ({e!r}); choose"
           " another results folder") from None
     if old_key != (study.name, source):
-      raise experiment.ResultsDirError(
+      raise results_folder.ResultsDirError(
           f"{out_dir!r} holds the study {old_key[0]!r} on {old_key[1]!r},"
           f" not {study.name!r} on {source!r}; refusing to mix, choose"
           " another results folder")
     old_scale = old.get("scale", scale)
     if old_scale != scale:
       fields = sorted(k for k in scale if old_scale.get(k) != scale[k])
-      raise experiment.ResultsDirError(
+      raise results_folder.ResultsDirError(
           f"{out_dir!r} holds the study {study.name!r} at another scale"
           f" (differs in: {', '.join(fields)}); refusing to mix, choose"
           " another results folder")

@@ -38,7 +38,7 @@ import jax
 from eahes_jax import benchmarking
 from eahes_jax import config as config_lib
 from eahes_jax import execution as execution_lib
-from eahes_jax import experiment
+from experiments import cli
 
 # Rounds per timed call when --rounds is not given: about a second or more of
 # work per call on a 2-core CPU at k = 8.
@@ -128,16 +128,16 @@ def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Runs the benchmark configured by `flag_values`; prints and saves it."""
   if len(argv) > 1:
-    experiment.usage_error(f"unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {argv[1:]}")
   fv = flag_values
   try:
     cases = cases_from_flags(fv)
     if fv.json_out:  # Before the benchmark, not after it.
-      experiment.check_output_file(fv.json_out, "json_out")
+      cli.check_output_file(fv.json_out, "json_out")
   except config_lib.ConfigError as e:
-    sys.exit(experiment.main_error(e))
+    sys.exit(cli.main_error(e))
   except (ValueError, KeyError) as e:
-    experiment.usage_error(str(e))
+    cli.usage_error(str(e))
 
   def progress(row):
     if "error" in row:

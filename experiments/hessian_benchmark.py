@@ -26,8 +26,8 @@ from absl import flags
 import jax
 import optax
 
-from eahes_jax import experiment
 from eahes_jax import models
+from experiments import cli
 from eahes_jax.hessian import hutchinson_diag
 
 SMOKE_SETTINGS = {"model_names": ("mlp",), "batch_size": 8, "repeats": 3}
@@ -191,14 +191,14 @@ def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Runs the benchmark configured by `flag_values` and prints a table."""
   if len(argv) > 1:
-    experiment.usage_error(f"unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {argv[1:]}")
   fv = flag_values
   try:
     results = run_benchmark(
         fv.models, fv.batch_size, fv.repeats, conv_impl=fv.conv_impl,
         smoke=fv.smoke)
   except ValueError as e:  # A batch size or repeats below 1.
-    experiment.usage_error(f"--{e}")
+    cli.usage_error(f"--{e}")
   print(f"backend: {jax.default_backend()}, devices: {jax.devices()}")
   print(format_table(results))
 

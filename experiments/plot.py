@@ -18,10 +18,10 @@ import sys
 from absl import app
 from absl import flags
 
-from eahes_jax import experiment
 from eahes_jax import plotting
 from eahes_jax import studies
 from eahes_jax import study_figures
+from experiments import cli
 
 _OUT_DIR = flags.DEFINE_string("out_dir", None,
                                "Where figures go (default: RESULTS_DIR).")
@@ -29,7 +29,7 @@ _OUT_DIR = flags.DEFINE_string("out_dir", None,
 
 def main(argv):
   if len(argv) != 2:
-    experiment.usage_error("usage: python -m experiments.plot RESULTS_DIR"
+    cli.usage_error("usage: python -m experiments.plot RESULTS_DIR"
                            " [--out_dir=FIGURES_DIR]")
   try:
     paths = []

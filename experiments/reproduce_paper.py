@@ -35,11 +35,10 @@ from absl import app
 from absl import flags
 
 from eahes_jax import config as config_lib
-from eahes_jax import data as data_lib
-from eahes_jax import experiment
 from eahes_jax import grid
 from eahes_jax import studies
 from eahes_jax import tensorboard_log
+from experiments import cli
 
 _STUDY = flags.DEFINE_enum(
     "study", "grid", ["grid"] + sorted(studies.STUDIES),
@@ -48,11 +47,8 @@ _STUDY = flags.DEFINE_enum(
 _PRESET = flags.DEFINE_enum("preset", "quick", list(grid.PRESETS),
                             "Grid size: quick (CPU) or paper (accelerator).")
 _OUT_DIR = flags.DEFINE_string("out_dir", None, "Results folder (required).")
-_DATA_SOURCE = flags.DEFINE_enum(
-    "data_source", None, list(data_lib.SOURCES),
-    "MNIST source (default: the preset's).")
-_MNIST_DIR = flags.DEFINE_string("mnist_dir", None,
-                                 "Folder of the IDX files.")
+# --data_source defaults to the preset's.
+_DATA_SOURCE, _MNIST_DIR = cli.define_data_flags(default_source=None)
 _ROUNDS = flags.DEFINE_integer("rounds", None,
                                "Override the preset's rounds per run.")
 _NUM_SEEDS = flags.DEFINE_integer("num_seeds", None,
@@ -88,7 +84,7 @@ flags.mark_flag_as_required("out_dir")
 
 
 def main(argv):
-  experiment.binary_prologue(argv)
+  cli.binary_prologue(argv)
   try:
     if _CHECKPOINT_EVERY.value < 0:
       raise config_lib.ConfigError(
@@ -96,13 +92,13 @@ def main(argv):
           f" {_CHECKPOINT_EVERY.value}", "checkpoint_every")
     lists = {}
     if _WORKERS.value is not None:
-      lists["workers"] = experiment.parse_numbers(_WORKERS.value, "workers",
+      lists["workers"] = cli.parse_numbers(_WORKERS.value, "workers",
                                                   int)
     if _PERIODS.value is not None:
-      lists["periods"] = experiment.parse_numbers(_PERIODS.value, "periods",
+      lists["periods"] = cli.parse_numbers(_PERIODS.value, "periods",
                                                   int)
     if _OVERLAP_RATIOS.value is not None:
-      lists["overlap_ratios"] = experiment.parse_numbers(
+      lists["overlap_ratios"] = cli.parse_numbers(
           _OVERLAP_RATIOS.value, "overlap_ratios")
     if _METHODS.value is not None:
       lists["methods"] = tuple(_METHODS.value)
@@ -135,8 +131,8 @@ def main(argv):
                   data_source=_DATA_SOURCE.value, mnist_dir=_MNIST_DIR.value,
                   checkpoint_every=_CHECKPOINT_EVERY.value,
                   tensorboard=_TENSORBOARD.value and tensorboard_log.available())
-  except experiment.EXPECTED_ERRORS as e:
-    sys.exit(experiment.main_error(e))
+  except cli.EXPECTED_ERRORS as e:
+    sys.exit(cli.main_error(e))
 
 
 if __name__ == "__main__":

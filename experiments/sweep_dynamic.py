@@ -14,8 +14,8 @@ from absl import app
 from absl import flags
 
 from eahes_jax import config as config_lib
-from eahes_jax import experiment
 from eahes_jax import grid
+from experiments import cli
 
 _OUT_DIR = flags.DEFINE_string("out_dir", "results/dw_sweep",
                                "Results folder.")
@@ -27,7 +27,7 @@ _DATA_SOURCE = flags.DEFINE_string("data_source", "sample", "MNIST source.")
 
 
 def main(argv):
-  experiment.binary_prologue(argv)
+  cli.binary_prologue(argv)
   base = config_lib.SimConfig(model=_MODEL.value, rounds=_ROUNDS.value,
                               num_workers=_NUM_WORKERS.value, num_seeds=3,
                               eval_every=10, train_eval_size=1000)

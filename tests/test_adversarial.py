@@ -33,6 +33,8 @@ from eahes_jax import elastic
 from eahes_jax import experiment
 from eahes_jax import grid
 from eahes_jax import simulator
+from eahes_jax import results_folder
+from experiments import cli
 from tests.conftest import tiny_mnist
 from tests.test_experiments import error_lines
 from tests.test_experiments import run_binary
@@ -53,7 +55,7 @@ TRAIN = ("--model=mlp", "--data_source=sample", "--train_eval_size=200",
 
 
 def run(out: pathlib.Path, config: config_lib.SimConfig = CFG,
-        log: list[str] | None = None, **kwargs) -> experiment.RunSummary:
+        log: list[str] | None = None, **kwargs) -> results_folder.RunSummary:
   kwargs.setdefault("checkpoint_every", 2)
   return experiment.run_experiment(
       config, str(out), data=DATA,
@@ -66,7 +68,7 @@ def strict_rows(out: pathlib.Path) -> list[dict]:
   def reject(name):
     raise ValueError(f"non-standard JSON constant {name}")
 
-  text = (out / experiment.METRICS_FILE).read_text()
+  text = (out / results_folder.METRICS_FILE).read_text()
   return [json.loads(l, parse_constant=reject) for l in text.splitlines()]
 
 
@@ -75,14 +77,14 @@ def finished(tmp_path_factory):
   """A finished run with checkpoints at rounds 2 and 4; its metrics bytes."""
   out = tmp_path_factory.mktemp("finished") / "run"
   run(out)
-  return out, (out / experiment.METRICS_FILE).read_bytes()
+  return out, (out / results_folder.METRICS_FILE).read_bytes()
 
 
 def resumable_copy(finished, tmp_path: pathlib.Path) -> pathlib.Path:
   """A copy of the finished run that ``--resume`` continues (no summary)."""
   out = tmp_path / "copy"
   shutil.copytree(finished[0], out)
-  (out / experiment.SUMMARY_FILE).unlink()
+  (out / results_folder.SUMMARY_FILE).unlink()
   return out
 
 
@@ -93,7 +95,7 @@ def resumable_copy(finished, tmp_path: pathlib.Path) -> pathlib.Path:
 def test_resume_refuses_metrics_that_do_not_match_the_checkpoint(
     finished, tmp_path, damage):
   out = resumable_copy(finished, tmp_path)
-  metrics = out / experiment.METRICS_FILE
+  metrics = out / results_folder.METRICS_FILE
   data = finished[1]
   if damage == "shorter":
     metrics.write_bytes(data[:len(data) // 2])
@@ -104,7 +106,7 @@ def test_resume_refuses_metrics_that_do_not_match_the_checkpoint(
     digit = b"1" if data[i:i + 1] != b"1" else b"2"
     metrics.write_bytes(data[:i] + digit + data[i + 1:])
   before = _snapshot(out)
-  with pytest.raises(experiment.ResultsDirError) as e:
+  with pytest.raises(results_folder.ResultsDirError) as e:
     run(out, resume=True)
   message = str(e.value)
   assert message.startswith(str(metrics)), message
@@ -116,7 +118,7 @@ def test_resume_refuses_metrics_that_do_not_match_the_checkpoint(
 def test_progress_records_the_metrics_checksum_and_old_records_restore(
     finished, tmp_path):
   ckpt = checkpoint_lib.Checkpointer(
-      str(finished[0] / experiment.CHECKPOINT_DIR))
+      str(finished[0] / results_folder.CHECKPOINT_DIR))
   like = simulator.Simulation(CFG, DATA).init_state()
   _, progress = ckpt.restore(like)
   ckpt.close()
@@ -156,7 +158,7 @@ def test_nonfinite_exchange_output_stops_the_run_before_any_row_or_save(
                      match="master parameters after the exchange in round 1"):
     run(out, checkpoint_every=1)
   assert [r["round"] for r in strict_rows(out)] == [0]  # Round 0 only.
-  ckpt = checkpoint_lib.Checkpointer(str(out / experiment.CHECKPOINT_DIR))
+  ckpt = checkpoint_lib.Checkpointer(str(out / results_folder.CHECKPOINT_DIR))
   assert ckpt.latest_round() is None  # No checkpoint of a non-finite state.
   ckpt.close()
 
@@ -181,9 +183,9 @@ def test_metrics_are_strict_json_with_null_for_infinite_values(
 def test_a_locked_folder_is_refused_naming_the_holder(finished, tmp_path):
   out = resumable_copy(finished, tmp_path)
   before = _snapshot(out)
-  with experiment.lock_out_dir(str(out)):
-    assert (out / experiment.LOCK_FILE).read_text() == f"{os.getpid()}\n"
-    with pytest.raises(experiment.ResultsDirError,
+  with results_folder.lock_out_dir(str(out)):
+    assert (out / results_folder.LOCK_FILE).read_text() == f"{os.getpid()}\n"
+    with pytest.raises(results_folder.ResultsDirError,
                        match=rf"in use by another process \(PID"
                              rf" {os.getpid()}\)"):
       run(out, resume=True)
@@ -197,7 +199,7 @@ def test_a_locked_folder_is_refused_naming_the_holder(finished, tmp_path):
       assert f"in use by another process (PID {os.getpid()})" in lines[0]
   assert _snapshot(out) == before
   run(out, resume=True)  # The lock is released with its block.
-  assert (out / experiment.METRICS_FILE).read_bytes() == finished[1]
+  assert (out / results_folder.METRICS_FILE).read_bytes() == finished[1]
 
 
 def test_each_run_of_the_grid_takes_its_folders_lock(tmp_path):
@@ -207,11 +209,11 @@ def test_each_run_of_the_grid_takes_its_folders_lock(tmp_path):
   (config,) = grid.grid_configs(preset)
   run_dir = tmp_path / grid.RUNS_DIR / grid.run_name(config)
   run_dir.mkdir(parents=True)
-  with experiment.lock_out_dir(str(run_dir)):
-    with pytest.raises(experiment.ResultsDirError,
+  with results_folder.lock_out_dir(str(run_dir)):
+    with pytest.raises(results_folder.ResultsDirError,
                        match=rf"PID {os.getpid()}"):
       grid.run_grid(preset, str(tmp_path), log=lambda s: None)
-  assert sorted(p.name for p in run_dir.iterdir()) == [experiment.LOCK_FILE]
+  assert sorted(p.name for p in run_dir.iterdir()) == [results_folder.LOCK_FILE]
 
 
 # ------------------------------ 4: the config is kept with every checkpoint --
@@ -224,26 +226,26 @@ def test_each_run_of_the_grid_takes_its_folders_lock(tmp_path):
 def test_resume_without_config_json_checks_the_checkpoints_config(
     finished, tmp_path, change, fields):
   out = resumable_copy(finished, tmp_path)
-  (out / experiment.CONFIG_FILE).unlink()
+  (out / results_folder.CONFIG_FILE).unlink()
   before = _snapshot(out)
-  with pytest.raises(experiment.ResultsDirError,
+  with pytest.raises(results_folder.ResultsDirError,
                      match=f"differs in: {fields}, per the checkpoint at"
                            " round 4"):
     run(out, CFG.replace(**change), resume=True)
   assert _snapshot(out) == before
   # The same configuration resumes and puts config.json back.
   run(out, resume=True)
-  assert (out / experiment.METRICS_FILE).read_bytes() == finished[1]
-  assert (out / experiment.CONFIG_FILE).exists()
+  assert (out / results_folder.METRICS_FILE).read_bytes() == finished[1]
+  assert (out / results_folder.CONFIG_FILE).exists()
 
 
 def test_a_checkpoint_of_another_config_is_refused_despite_config_json(
     finished, tmp_path):
   out = resumable_copy(finished, tmp_path)
-  record = json.loads((out / experiment.CONFIG_FILE).read_text())
+  record = json.loads((out / results_folder.CONFIG_FILE).read_text())
   record["config"]["lr"] = 0.02  # config.json rewritten by hand.
-  (out / experiment.CONFIG_FILE).write_text(json.dumps(record))
-  with pytest.raises(experiment.ResultsDirError,
+  (out / results_folder.CONFIG_FILE).write_text(json.dumps(record))
+  with pytest.raises(results_folder.ResultsDirError,
                      match="checkpoints of a different configuration"
                            r" \(differs in: lr\)"):
     run(out, CFG.replace(lr=0.02), resume=True)
@@ -254,12 +256,12 @@ def test_a_finished_run_is_never_overwritten_by_another_config(
     finished, tmp_path, checkpoints):
   out = tmp_path / "copy"
   shutil.copytree(finished[0], out)
-  (out / experiment.CONFIG_FILE).unlink()
+  (out / results_folder.CONFIG_FILE).unlink()
   if not checkpoints:
-    shutil.rmtree(out / experiment.CHECKPOINT_DIR)
+    shutil.rmtree(out / results_folder.CHECKPOINT_DIR)
   before = _snapshot(out)
   for resume in (False, True):
-    with pytest.raises(experiment.ResultsDirError,
+    with pytest.raises(results_folder.ResultsDirError,
                        match="differs in: lr" if checkpoints
                        else "no config.json or checkpoint records"):
       run(out, CFG.replace(lr=0.02), resume=resume)
@@ -286,28 +288,28 @@ def _damage_checkpoint(step_dir: pathlib.Path, how: str) -> None:
 def test_resume_falls_back_past_a_corrupt_newest_checkpoint(
     finished, tmp_path, how):
   out = resumable_copy(finished, tmp_path)
-  _damage_checkpoint(out / experiment.CHECKPOINT_DIR / "4", how)
+  _damage_checkpoint(out / results_folder.CHECKPOINT_DIR / "4", how)
   log = []
   run(out, resume=True, log=log)
   warnings = [l for l in log if "corrupt" in l]
   assert len(warnings) == 1 and warnings[0].startswith(
       "warning: the checkpoint at round 4 is corrupt"), log
   assert "resumed from the checkpoint at round 2" in log
-  assert (out / experiment.METRICS_FILE).read_bytes() == finished[1]
+  assert (out / results_folder.METRICS_FILE).read_bytes() == finished[1]
 
 
 def test_no_intact_checkpoint_is_reported_as_corrupt_not_as_divergence(
     finished, tmp_path):
   out = resumable_copy(finished, tmp_path)
   for step in ("2", "4"):
-    _damage_checkpoint(out / experiment.CHECKPOINT_DIR / step, "bit_flip")
+    _damage_checkpoint(out / results_folder.CHECKPOINT_DIR / step, "bit_flip")
   with pytest.raises(checkpoint_lib.CorruptCheckpointError) as e:
     run(out, resume=True)
   message = str(e.value)
   assert "no checkpoint in" in message and "restores intact" in message
   assert "round 4:" in message and "round 2:" in message
   assert "\n" not in message
-  assert isinstance(e.value, experiment.EXPECTED_ERRORS)
+  assert isinstance(e.value, cli.EXPECTED_ERRORS)
 
 
 # ------------------------------------------ 6: a second signal, compiling --
@@ -325,7 +327,7 @@ def test_a_second_signal_during_the_first_compile_exits_cleanly(
       [sys.executable, "-m", "experiments.train", *TRAIN, "--rounds=40",
        f"--out_dir={out}"], cwd=REPO, stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True)
-  lock = out / experiment.LOCK_FILE
+  lock = out / results_folder.LOCK_FILE
   deadline = time.monotonic() + 120
   try:
     # The lock holds the PID once the handlers are in place; the first
@@ -386,11 +388,11 @@ def test_idx_files_with_no_records_are_a_data_error(tmp_path):
 def test_a_config_json_that_is_no_run_record_is_refused(tmp_path, content):
   out = tmp_path / "run"
   out.mkdir()
-  (out / experiment.CONFIG_FILE).write_text(content)
-  with pytest.raises(experiment.ResultsDirError,
+  (out / results_folder.CONFIG_FILE).write_text(content)
+  with pytest.raises(results_folder.ResultsDirError,
                      match="unreadable config.json"):
     run(out, resume=True)
-  assert (out / experiment.CONFIG_FILE).read_text() == content
+  assert (out / results_folder.CONFIG_FILE).read_text() == content
 
 
 @pytest.mark.parametrize("content", ["{bad", "[]", '{"method": 1}'])
@@ -398,10 +400,10 @@ def test_a_corrupt_summary_with_resume_is_a_one_line_error(
     finished, tmp_path, content):
   out = tmp_path / "copy"
   shutil.copytree(finished[0], out)
-  (out / experiment.SUMMARY_FILE).write_text(content)
-  with pytest.raises(experiment.ResultsDirError) as e:
+  (out / results_folder.SUMMARY_FILE).write_text(content)
+  with pytest.raises(results_folder.ResultsDirError) as e:
     run(out, resume=True)
-  assert str(e.value).startswith(str(out / experiment.SUMMARY_FILE))
+  assert str(e.value).startswith(str(out / results_folder.SUMMARY_FILE))
   assert "\n" not in str(e.value)
 
 
@@ -412,7 +414,7 @@ def test_a_full_disk_during_a_run_is_a_one_line_error_and_resumable(
   real_fsync = os.fsync
 
   def full_fsync(fd):
-    if os.readlink(f"/proc/self/fd/{fd}").endswith(experiment.METRICS_FILE):
+    if os.readlink(f"/proc/self/fd/{fd}").endswith(results_folder.METRICS_FILE):
       raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
     real_fsync(fd)
 
@@ -421,25 +423,26 @@ def test_a_full_disk_during_a_run_is_a_one_line_error_and_resumable(
 
   if where == "metrics":
     monkeypatch.setattr(os, "fsync", full_fsync)
-    path = out / experiment.METRICS_FILE
+    path = out / results_folder.METRICS_FILE
   else:
     monkeypatch.setattr(checkpoint_lib.Checkpointer, "save", full_save)
-    path = out / experiment.CHECKPOINT_DIR
-  with pytest.raises(experiment.ResultsDirError) as e:
+    path = out / results_folder.CHECKPOINT_DIR
+  with pytest.raises(results_folder.ResultsDirError) as e:
     run(out)
   assert str(e.value).startswith(f"{path}: ")
   assert "No space left on device" in str(e.value)
-  assert "--resume" in str(e.value)
+  assert "`resume=True`" in str(e.value)  # the binaries show --resume
+  assert "--resume" in cli.flag_text(str(e.value))
   monkeypatch.undo()
   run(out, resume=True)  # Space freed: the run completes, rows intact.
-  assert (out / experiment.METRICS_FILE).read_bytes() == finished[1]
+  assert (out / results_folder.METRICS_FILE).read_bytes() == finished[1]
 
 
 def test_an_out_dir_that_is_a_file_is_reported_as_a_file(tmp_path):
   path = tmp_path / "a_file"
   path.write_text("x")
-  with pytest.raises(experiment.ResultsDirError, match="is a file"):
-    experiment.check_writable(str(path))
+  with pytest.raises(results_folder.ResultsDirError, match="is a file"):
+    results_folder.check_writable(str(path))
 
 
 @pytest.mark.parametrize("module,args,message", [
@@ -463,9 +466,9 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
   a_file.write_text("x")
   bad = tmp_path / "bad_run"
   bad.mkdir()
-  (bad / experiment.CONFIG_FILE).write_text(json.dumps(
+  (bad / results_folder.CONFIG_FILE).write_text(json.dumps(
       {"config": CFG.resolve().to_dict(), "data_source": "synthetic"}))
-  (bad / experiment.METRICS_FILE).write_text('{"round": 0,\n')
+  (bad / results_folder.METRICS_FILE).write_text('{"round": 0,\n')
   out = tmp_path / "out"
   args = [a.format(file=a_file, bad_metrics=bad, out=out) for a in args]
   if module == "train":
@@ -479,6 +482,6 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
   assert len(lines) == 1, proc.stderr
   assert re.match(message, lines[0]), lines[0]
   if module == "plot" and args:
-    assert str(bad / experiment.METRICS_FILE) in lines[0]
+    assert str(bad / results_folder.METRICS_FILE) in lines[0]
   assert "samples/s" not in proc.stdout  # No benchmark ran.
   assert not out.exists()

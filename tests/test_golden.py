@@ -16,6 +16,7 @@ import pathlib
 
 from eahes_jax import config as config_lib
 from eahes_jax import experiment
+from eahes_jax import results_folder
 from tests.conftest import tiny_mnist
 
 GOLDEN = pathlib.Path(__file__).parent / "golden" / "deahes_o_mlp.jsonl"
@@ -29,7 +30,7 @@ CONFIG = config_lib.SimConfig(
 def test_fixed_seed_metrics_are_byte_identical_to_the_golden_file(tmp_path):
   experiment.run_experiment(CONFIG, str(tmp_path / "run"),
                             data=tiny_mnist(seed=3), log=lambda s: None)
-  produced = (tmp_path / "run" / experiment.METRICS_FILE).read_bytes()
+  produced = (tmp_path / "run" / results_folder.METRICS_FILE).read_bytes()
   if os.environ.get("EAHES_REGENERATE_GOLDEN") == "1":
     GOLDEN.write_bytes(produced)
   assert produced == GOLDEN.read_bytes(), (

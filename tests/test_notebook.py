@@ -29,6 +29,7 @@ nbclient = pytest.importorskip("nbclient")
 pytest.importorskip("ipykernel")
 
 from eahes_jax import experiment  # pylint: disable=g-import-not-at-top
+from eahes_jax import results_folder
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 NOTEBOOK = REPO / "experiments" / "colab.ipynb"
@@ -158,8 +159,8 @@ def test_the_tiny_configuration_ran_and_wrote_its_results(executed):
   runs = sorted((out / "runs").iterdir())
   assert [r.name.split("_")[0] for r in runs] == ["DEAHES-O", "EASGD"]
   for run in runs:
-    assert experiment.is_complete(str(run))
-    rows = experiment.read_metrics(str(run))
+    assert results_folder.is_complete(str(run))
+    rows = results_folder.read_metrics(str(run))
     assert max(r["round"] for r in rows) == 20
     assert {r["seed"] for r in rows} == {0, 1}
   summaries = "".join(_text(c) for c in _code_cells(nb))
@@ -170,8 +171,8 @@ def test_another_failure_rate_runs_next_to_the_first(executed):
   nb, work, _ = executed
   out = work / "results" / "colab_tiny_k4_tau1_fail0200"
   (run,) = (out / "runs").iterdir()
-  assert experiment.is_complete(str(run))
-  record = json.loads((run / experiment.CONFIG_FILE).read_text())
+  assert results_folder.is_complete(str(run))
+  record = json.loads((run / results_folder.CONFIG_FILE).read_text())
   assert record["config"]["failure_rate"] == 0.2
   assert "different configuration" not in "".join(
       _text(c) for c in _code_cells(nb))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from eahes_jax import config as config_lib
-from eahes_jax import experiment
 from eahes_jax import grid
 from eahes_jax import plotting
+from eahes_jax import results_folder
 
 _METHODS = ("EASGD", "EAHES-O", "DEAHES-O")
 
@@ -23,14 +23,14 @@ def _write_run(root, method, k, tau, seeds=3, rounds=20, eval_every=5):
                                 num_seeds=seeds, model="mlp")
   run_dir = os.path.join(root, grid.run_name(config))
   os.makedirs(run_dir)
-  with open(os.path.join(run_dir, experiment.CONFIG_FILE), "w") as f:
+  with open(os.path.join(run_dir, results_folder.CONFIG_FILE), "w") as f:
     json.dump({"config": config.resolve().to_dict(),
                "data_source": "sample"}, f)
   rng = np.random.default_rng(k * 10 + tau)
-  with open(os.path.join(run_dir, experiment.METRICS_FILE), "w") as f:
+  with open(os.path.join(run_dir, results_folder.METRICS_FILE), "w") as f:
     for r in range(0, rounds + 1, eval_every):
       for s in range(seeds):
-        row = dict.fromkeys(experiment.METRIC_COLUMNS)
+        row = dict.fromkeys(results_folder.METRIC_COLUMNS)
         row.update(round=r, seed=s,
                    test_accuracy=float(min(1, 0.1 + r / 30 * k / 4
                                            + 0.02 * rng.random())),

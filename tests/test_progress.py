@@ -3,6 +3,7 @@
 import pytest
 
 from eahes_jax import progress
+from eahes_jax import results_folder
 
 
 class FakeClock:
@@ -62,10 +63,10 @@ def test_single_seed_summary_has_no_spread():
   from eahes_jax import experiment  # pylint: disable=g-import-not-at-top
   common = dict(method="EASGD", num_workers=4, comm_period=1, rounds=10,
                 final_test_loss=[0.3], wall_time_s=1.0, data_source="sample")
-  one = experiment.RunSummary(seeds=[0], final_test_accuracy=[0.9],
+  one = results_folder.RunSummary(seeds=[0], final_test_accuracy=[0.9],
                               final_train_loss=[0.25], **common)
   assert "±" not in one.line()
   assert "test accuracy 0.9000, train loss 0.2500" in one.line()
-  two = experiment.RunSummary(seeds=[0, 1], final_test_accuracy=[0.9, 0.8],
+  two = results_folder.RunSummary(seeds=[0, 1], final_test_accuracy=[0.9, 0.8],
                               final_train_loss=[0.25, 0.35], **common)
   assert "test accuracy 0.8500 ± 0.0500" in two.line()

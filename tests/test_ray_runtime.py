@@ -24,6 +24,7 @@ ray = pytest.importorskip(
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 from eahes_jax import ray_runtime
+from eahes_jax import results_folder
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
 
@@ -140,7 +141,7 @@ def test_killed_worker_restarts_and_no_exchange_lost_or_duplicated(
   assert summary.rounds == rounds
   curves = plotting.load_run(str(tmp_path))
   assert list(curves.eval_rounds) == [0, 3, 6] and curves.complete
-  rows = [r for r in ray_runtime.experiment.read_metrics(str(tmp_path))]
+  rows = [r for r in ray_runtime.results_folder.read_metrics(str(tmp_path))]
   assert len(rows) == rounds + 1
   assert rows[-1]["wall_time_s"] > 0
 

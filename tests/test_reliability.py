@@ -35,6 +35,7 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import experiment
 from eahes_jax import simulator
+from eahes_jax import results_folder
 from tests.conftest import tiny_mnist
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -63,7 +64,7 @@ def error_lines(stderr: str) -> list[str]:
 def last_round_written(out: pathlib.Path) -> int:
   """The highest round with a complete row in the metrics file (-1: none)."""
   try:
-    text = (out / experiment.METRICS_FILE).read_text()
+    text = (out / results_folder.METRICS_FILE).read_text()
   except FileNotFoundError:
     return -1
   complete = text.split("\n")[:-1]  # The last piece may be a cut row.
@@ -91,7 +92,7 @@ def signal_after(out: pathlib.Path, sig: int, after_round: int,
       proc.kill()
       proc.wait()
   # Interrupted before the end, or the test proved nothing.
-  assert not experiment.is_complete(str(out)), (
+  assert not results_folder.is_complete(str(out)), (
       "the run finished before the signal arrived; the machine is too fast"
       " for this test's timing")
   return subprocess.CompletedProcess(proc.args, proc.returncode, stdout,
@@ -104,7 +105,7 @@ def baseline(tmp_path_factory):
   out = tmp_path_factory.mktemp("baseline") / "run"
   proc = run_train(*RUN, f"--out_dir={out}")
   assert proc.returncode == 0, proc.stderr
-  rows = experiment.read_metrics(str(out))
+  rows = results_folder.read_metrics(str(out))
   assert [(r["round"], r["seed"]) for r in rows] == [
       (t, s) for t in range(11) for s in (0, 1)]
   return out, rows
@@ -117,7 +118,7 @@ def test_same_config_and_seed_are_bit_identical(baseline, tmp_path):
   base_dir, rows = baseline
   proc = run_train(*RUN, f"--out_dir={tmp_path / 'again'}")
   assert proc.returncode == 0, proc.stderr
-  assert experiment.read_metrics(str(tmp_path / "again")) == rows
+  assert results_folder.read_metrics(str(tmp_path / "again")) == rows
   # Not vacuous: the seeds' own rows differ from each other.
   last = [r for r in rows if r["round"] == 10]
   assert last[0]["log_distance"] != last[1]["log_distance"]
@@ -153,7 +154,7 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(baseline, tmp_path):
   out = tmp_path / "killed"
   killed = signal_after(out, signal.SIGKILL, 2)
   assert killed.returncode == -signal.SIGKILL
-  ckpt = checkpoint_lib.Checkpointer(str(out / experiment.CHECKPOINT_DIR))
+  ckpt = checkpoint_lib.Checkpointer(str(out / results_folder.CHECKPOINT_DIR))
   kept = ckpt.latest_round()
   ckpt.close()
   assert kept is not None and 2 <= kept <= 10
@@ -161,9 +162,9 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(baseline, tmp_path):
   assert resumed.returncode == 0, resumed.stderr
   assert f"resumed from the checkpoint at round {kept}" in resumed.stdout
   # Same rows, none missing, none repeated, nothing cut.
-  assert experiment.read_metrics(str(out)) == rows
-  assert (out / experiment.METRICS_FILE).read_text().endswith("}\n")
-  assert experiment.is_complete(str(out))
+  assert results_folder.read_metrics(str(out)) == rows
+  assert (out / results_folder.METRICS_FILE).read_text().endswith("}\n")
+  assert results_folder.is_complete(str(out))
 
 
 def test_sigterm_saves_a_checkpoint_and_resume_completes(baseline, tmp_path):
@@ -178,15 +179,15 @@ def test_sigterm_saves_a_checkpoint_and_resume_completes(baseline, tmp_path):
                        r" checkpoint saved, continue with --resume", lines[0])
   assert match, lines[0]
   done = int(match.group(1))
-  ckpt = checkpoint_lib.Checkpointer(str(out / experiment.CHECKPOINT_DIR))
+  ckpt = checkpoint_lib.Checkpointer(str(out / results_folder.CHECKPOINT_DIR))
   assert ckpt.latest_round() == done
   ckpt.close()
   # The rows on disk are exactly those of the rounds the checkpoint holds.
-  assert experiment.read_metrics(str(out)) == [
+  assert results_folder.read_metrics(str(out)) == [
       r for r in rows if r["round"] <= done]
   resumed = run_train(*RUN, f"--out_dir={out}", "--resume")
   assert resumed.returncode == 0, resumed.stderr
-  assert experiment.read_metrics(str(out)) == rows
+  assert results_folder.read_metrics(str(out)) == rows
 
 
 def test_sigterm_saves_even_without_periodic_checkpoints(baseline, tmp_path):
@@ -195,13 +196,13 @@ def test_sigterm_saves_even_without_periodic_checkpoints(baseline, tmp_path):
   stopped = signal_after(out, signal.SIGTERM, 1, "--checkpoint_every=0")
   assert stopped.returncode == 130
   assert "checkpoint saved" in stopped.stderr
-  ckpt = checkpoint_lib.Checkpointer(str(out / experiment.CHECKPOINT_DIR))
+  ckpt = checkpoint_lib.Checkpointer(str(out / results_folder.CHECKPOINT_DIR))
   assert ckpt.latest_round() is not None
   ckpt.close()
   resumed = run_train(*RUN, f"--out_dir={out}", "--checkpoint_every=0",
                       "--resume")
   assert resumed.returncode == 0, resumed.stderr
-  assert experiment.read_metrics(str(out)) == rows
+  assert results_folder.read_metrics(str(out)) == rows
 
 
 # -------------------------------------------------------- numerical guard --
@@ -226,14 +227,14 @@ def test_nonfinite_stops_the_run_and_keeps_the_last_checkpoint(
   assert match, lines[0]
   bad_round, worker = int(match.group(2)), int(match.group(3))
   assert bad_round >= 2 and worker in (0, 1)
-  assert not experiment.is_complete(str(out))
+  assert not results_folder.is_complete(str(out))
   # Metrics stop at the last good round; the checkpoint there restores to a
   # finite state.
-  assert max(r["round"] for r in experiment.read_metrics(str(out))) == (
+  assert max(r["round"] for r in results_folder.read_metrics(str(out))) == (
       bad_round - 1)
-  record = json.loads((out / experiment.CONFIG_FILE).read_text())
+  record = json.loads((out / results_folder.CONFIG_FILE).read_text())
   config = config_lib.SimConfig.from_dict(record["config"])
-  ckpt = checkpoint_lib.Checkpointer(str(out / experiment.CHECKPOINT_DIR))
+  ckpt = checkpoint_lib.Checkpointer(str(out / results_folder.CHECKPOINT_DIR))
   assert ckpt.latest_round() == bad_round - 1
   like = simulator.Simulation(config, sample_mnist).init_state()
   state, progress = ckpt.restore(like)
@@ -318,10 +319,10 @@ def test_no_free_space_fails_before_anything_compiles(tmp_path, monkeypatch):
   tiny = data_lib.MNIST(*(np.zeros(s, dt) for s, dt in (
       ((8, 28, 28, 1), np.float32), ((8,), np.int32),
       ((4, 28, 28, 1), np.float32), ((4,), np.int32))), source="synthetic")
-  with pytest.raises(experiment.ResultsDirError, match=r"1\.0 MiB free"):
+  with pytest.raises(results_folder.ResultsDirError, match=r"1\.0 MiB free"):
     experiment.run_experiment(config, str(out), data=tiny)
-  assert not (out / experiment.CONFIG_FILE).exists()
-  assert not (out / experiment.METRICS_FILE).exists()
+  assert not (out / results_folder.CONFIG_FILE).exists()
+  assert not (out / results_folder.METRICS_FILE).exists()
 
 
 def _write_idx(path: pathlib.Path, array: np.ndarray, magic: int) -> None:

@@ -6,9 +6,9 @@ import json
 import pytest
 
 from eahes_jax import config as config_lib
-from eahes_jax import experiment
 from eahes_jax import studies
 from eahes_jax import study_figures
+from eahes_jax import results_folder
 
 
 def differing_fields(a, b):
@@ -76,7 +76,7 @@ def study_dir(tmp_path_factory):
 def test_run_study_runs_every_run_and_records_the_study(study_dir):
   out, log = study_dir
   for name, _ in tiny_study().runs:
-    assert experiment.is_complete(str(out / "runs" / name))
+    assert results_folder.is_complete(str(out / "runs" / name))
   record = json.loads((out / studies.STUDY_FILE).read_text())
   assert record["study"] == "mechanism"
   assert record["runs"] == [n for n, _ in tiny_study().runs]
@@ -91,11 +91,11 @@ def test_run_study_again_skips_and_refuses_another_study(study_dir):
   studies.run_study(tiny_study(), str(out), data_source="sample",
                     log=log.append)
   assert sum(l.endswith("complete, skipped") for l in log) == 2
-  with pytest.raises(experiment.ResultsDirError, match="refusing to mix"):
+  with pytest.raises(results_folder.ResultsDirError, match="refusing to mix"):
     studies.run_study(tiny_study("readings"), str(out), data_source="sample")
   longer = studies.Study("mechanism", tuple(
       (n, c.replace(rounds=20)) for n, c in tiny_study().runs))
-  with pytest.raises(experiment.ResultsDirError, match="differs in: rounds"):
+  with pytest.raises(results_folder.ResultsDirError, match="differs in: rounds"):
     studies.run_study(longer, str(out), data_source="sample")
 
 

@@ -9,6 +9,7 @@ import pytest
 from eahes_jax import config as config_lib
 from eahes_jax import experiment
 from eahes_jax import tensorboard_log
+from eahes_jax import results_folder
 from tests.conftest import tiny_mnist
 
 needs_writer = pytest.mark.skipif(
@@ -61,7 +62,7 @@ def run(tmp_path_factory):
 @needs_writer
 def test_eval_scalars_are_the_metrics_mean_over_seeds(run):
   out, events = run
-  rows = [r for r in experiment.read_metrics(str(out))
+  rows = [r for r in results_folder.read_metrics(str(out))
           if r["test_accuracy"] is not None]
   got = scalars(events)
   for column in ("test_accuracy", "test_loss", "train_loss"):
@@ -77,7 +78,7 @@ def test_eval_scalars_are_the_metrics_mean_over_seeds(run):
 def test_per_worker_scalars_every_round(run):
   out, events = run
   got = scalars(events)
-  rows = experiment.read_metrics(str(out))
+  rows = results_folder.read_metrics(str(out))
   for name in ("h_worker", "h_master", "score", "connected"):
     for i in range(2):
       series = got[f"{name}/worker_{i}"]
@@ -98,7 +99,7 @@ def test_config_is_written_as_hparams(run):
             if v.metadata.plugin_data.plugin_name == "hparams"]
   assert plugin
   content = b"".join(v.metadata.plugin_data.content for v in plugin)
-  record = json.loads((out / experiment.CONFIG_FILE).read_text())
+  record = json.loads((out / results_folder.CONFIG_FILE).read_text())
   for name in ("method", "num_workers", "failure_rate", "dw_threshold",
                "data_source"):
     assert name.encode() in content, name
