@@ -26,6 +26,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from eahes_jax import checks
+
 __all__ = [
     "ScaleByAdaHessianState",
     "adahessian",
@@ -71,7 +73,7 @@ def _check_in_range(name: str, value: Any, low: float, high: float,
   if not (above and below):
     interval = (("[" if low_closed else "(") + f"{low:g}, {high:g}"
                 + ("]" if high_closed else ")"))
-    raise ValueError(f"{name} must be in {interval}, got {value}")
+    raise checks.ArgumentError(name, f"in {interval}", value)
 
 
 def _check_nonnegative(name: str, value: Any) -> None:

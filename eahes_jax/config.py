@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
-from typing import Any
+from typing import Any, Callable
 
+from eahes_jax.adahessian import adahessian as adahessian_transform
+from eahes_jax import checks
 from eahes_jax import elastic
 from eahes_jax import execution
 from eahes_jax import failures
@@ -24,8 +25,7 @@ MASTER_ESTIMATES = weighting.MASTER_ESTIMATES
 ORACLE_VARIANTS = weighting.ORACLE_VARIANTS
 EXECUTIONS = ("auto",) + execution.STRATEGIES
 CONV_IMPLS = ("auto",) + models.CONV_IMPLS
-# The paper's local learning rate, for every method (algorithms.md §7).
-DEFAULT_LR = 0.01
+DEFAULT_LR = methods_lib.DEFAULT_LR
 
 
 def choices() -> dict[str, tuple[str, ...]]:
@@ -62,9 +62,25 @@ def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
 
-def _is_real(x: Any) -> bool:
-  return (isinstance(x, (int, float)) and not isinstance(x, bool)
-          and math.isfinite(x))
+_is_real = checks.is_real
+
+# Constructor arguments -> the SimConfig fields they are given.
+_POLICY_FIELDS = {"alpha": "alpha", "p": "dw_history", "coeffs": "dw_coeffs",
+                  "threshold": "dw_threshold",
+                  "master_estimate": "dw_master_estimate",
+                  "variant": "oracle_variant", "num_workers": "num_workers"}
+
+
+def _ask(build: Callable[[], Any], fields: dict[str, str]) -> None:
+  """Runs a constructor for its checks; its ``ArgumentError`` becomes a
+  ``ConfigError`` naming the field (``fields`` maps argument names that
+  differ from the field's)."""
+  try:
+    build()
+  except checks.ArgumentError as e:
+    field = fields.get(e.argument, e.argument)
+    raise ConfigError(f"{field} must be {e.requirement}, got {e.value!r}",
+                      field) from None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -170,7 +186,7 @@ class SimConfig:
              getattr(self, name))
     for name, low in (("num_workers", 1), ("comm_period", 1), ("rounds", 0),
                       ("batch_size", 1), ("hessian_samples", 1),
-                      ("dw_history", 1), ("num_seeds", 1), ("seed", 0),
+                      ("num_seeds", 1), ("seed", 0),
                       ("eval_every", 1), ("eval_batch_size", 1),
                       ("train_eval_size", 0)):
       value = getattr(self, name)
@@ -184,54 +200,34 @@ class SimConfig:
       _check(_is_real(self.lr) and self.lr > 0, "lr", "a number > 0", self.lr)
     _check(_is_real(self.momentum) and 0 <= self.momentum < 1, "momentum",
            "in [0, 1)", self.momentum)
-    _check(_is_real(self.alpha) and 0 < self.alpha <= 1, "alpha", "in (0, 1]",
-           self.alpha)
     if self.overlap_ratio is not None:
       _check(_is_real(self.overlap_ratio) and 0 <= self.overlap_ratio < 1,
              "overlap_ratio", "in [0, 1)", self.overlap_ratio)
     _check(_is_real(self.label_skew) and 0 <= self.label_skew <= 1,
            "label_skew", "in [0, 1]", self.label_skew)
-    _check(_is_real(self.weight_decay) and self.weight_decay >= 0,
-           "weight_decay", "a number >= 0", self.weight_decay)
-    _check(_is_real(self.hessian_power) and 0 < self.hessian_power <= 1,
-           "hessian_power", "in (0, 1]", self.hessian_power)
-    _check(_is_real(self.failure_rate) and 0 <= self.failure_rate <= 1,
-           "failure_rate", "in [0, 1]", self.failure_rate)
-    _check(_is_real(self.mean_outage) and self.mean_outage >= 1,
-           "mean_outage", "a number >= 1 (rounds)", self.mean_outage)
-    if self.failure_model == "bursty":
-      _check(self.failure_rate < 1, "failure_rate",
-             "< 1 with failure_model='bursty' (a chain that never recovers"
-             " has no mean outage; use bernoulli for rate 1)",
-             self.failure_rate)
-    if self.failure_model == "bursty" and 0 < self.failure_rate < 1:
-      # The chain's up->down probability rate / ((1 - rate) * mean_outage)
-      # must be a probability.
-      p_fail = self.failure_rate / ((1 - self.failure_rate) * self.mean_outage)
-      _check(p_fail <= 1, "mean_outage",
-             f">= failure_rate / (1 - failure_rate) = "
-             f"{self.failure_rate / (1 - self.failure_rate):.3g} for a bursty "
-             f"chain with failure_rate {self.failure_rate:.3g}",
-             self.mean_outage)
-    _check(_is_real(self.straggler_rate) and 0 <= self.straggler_rate <= 1,
-           "straggler_rate", "in [0, 1]", self.straggler_rate)
-    _check(_is_real(self.straggler_slowdown)
-           and 0 <= self.straggler_slowdown <= 1, "straggler_slowdown",
-           "in [0, 1]", self.straggler_slowdown)
-    _check(len(self.dw_coeffs) == self.dw_history, "dw_coeffs",
-           f"{self.dw_history} numbers (one per dw_history difference)",
-           self.dw_coeffs)
-    _check(all(math.isfinite(c) and c >= 0 for c in self.dw_coeffs),
-           "dw_coeffs", "non-negative", self.dw_coeffs)
-    _check(abs(sum(self.dw_coeffs) - 1) <= 1e-6, "dw_coeffs",
-           "numbers summing to 1", self.dw_coeffs)
-    _check(_is_real(self.dw_threshold) and self.dw_threshold < 0,
-           "dw_threshold", "a number < 0", self.dw_threshold)
-    if (self.dw_master_estimate == "peer_mean"
-        and methods_lib.get_method(self.method).weighting == "dynamic"):
-      _check(self.num_workers >= 2, "num_workers",
-             ">= 2 with dw_master_estimate='peer_mean' (a worker needs peers)",
-             self.num_workers)
+    # The rest is checked where it is consumed: by the constructors of the
+    # policies, the failure model and AdaHessian, asked here so that a bad
+    # value fails at once, named after its field.
+    _ask(lambda: weighting.dynamic(
+        self.alpha, p=self.dw_history, coeffs=self.dw_coeffs,
+        threshold=self.dw_threshold,
+        master_estimate=self.dw_master_estimate), _POLICY_FIELDS)
+    _ask(lambda: weighting.oracle(self.alpha, variant=self.oracle_variant,
+                                  threshold=self.dw_threshold),
+         _POLICY_FIELDS)
+    if self.method_spec.weighting == "dynamic":
+      # The peer-mean estimate's k >= 2 rule, as the policy's init asks it.
+      _ask(lambda: weighting.check_num_workers(self.dw_master_estimate,
+                                               self.num_workers),
+           _POLICY_FIELDS)
+    _ask(lambda: failures.from_settings(
+        failure_model=self.failure_model, failure_rate=self.failure_rate,
+        failure_mode=self.failure_mode, mean_outage=self.mean_outage,
+        straggler_rate=self.straggler_rate,
+        straggler_slowdown=self.straggler_slowdown), {})
+    _ask(lambda: adahessian_transform(
+        1.0, weight_decay=self.weight_decay,
+        hessian_power=self.hessian_power), {})
 
   @property
   def method_spec(self) -> methods_lib.Method:

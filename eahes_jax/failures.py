@@ -23,12 +23,13 @@ shorter schedule is a prefix of a longer one.
 
 import functools
 import math
-import numbers
 from typing import Any, Callable, NamedTuple, Optional
 
 import chex
 import jax
 import jax.numpy as jnp
+
+from eahes_jax import checks
 
 MODES = ("disconnect", "crash")
 
@@ -103,30 +104,17 @@ def round_key(stream_key: chex.PRNGKey,
   return jax.random.fold_in(stream_key, round_index)
 
 
-def _is_real(x: Any) -> bool:
-  return (isinstance(x, numbers.Real) and not isinstance(x, bool)
-          and math.isfinite(x))
-
-
 def _check_rate(rate: float, name: str = "rate") -> float:
-  if not _is_real(rate) or not 0.0 <= rate <= 1.0:
-    raise ValueError(f"{name} must be in [0, 1], got {rate!r}")
-  return float(rate)
+  return checks.number_in(rate, name, 0.0, 1.0)
 
 
 def _check_mode(mode: str) -> str:
-  if mode not in MODES:
-    raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-  return mode
+  return checks.one_of(mode, "mode", MODES)
 
 
 def _check_sizes(num_workers: int, comm_period: int) -> tuple[int, int]:
-  for name, value in (("num_workers", num_workers),
-                      ("comm_period", comm_period)):
-    if (isinstance(value, bool) or not isinstance(value, numbers.Integral)
-        or value < 1):
-      raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
-  return int(num_workers), int(comm_period)
+  return (checks.integer_at_least(num_workers, "num_workers", 1),
+          checks.integer_at_least(comm_period, "comm_period", 1))
 
 
 def _full_steps(num_workers: int, comm_period: int) -> chex.Array:
@@ -212,17 +200,15 @@ def bursty(rate: float, mean_outage: float,
     A `FailureModel` with state `BurstyState`.
   """
   rate = _check_rate(rate)
-  if not _is_real(mean_outage) or mean_outage < 1:
-    raise ValueError(
-        f"mean_outage must be a finite number >= 1, got {mean_outage!r}")
+  checks.require(checks.is_real(mean_outage) and mean_outage >= 1,
+                 "mean_outage", "a finite number >= 1 (rounds)", mean_outage)
   mode = _check_mode(mode)
   mean_outage = float(mean_outage)
   max_rate = mean_outage / (1.0 + mean_outage)
-  if rate > max_rate:
-    raise ValueError(
-        f"rate must be <= mean_outage / (1 + mean_outage) = {max_rate:.6g} for"
-        f" mean_outage={mean_outage:g} (otherwise P(up -> failed) > 1), got"
-        f" {rate!r}")
+  checks.require(rate <= max_rate, "rate",
+                 f"<= mean_outage / (1 + mean_outage) = {max_rate:.6g} for"
+                 f" mean_outage={mean_outage:g} (otherwise P(up -> failed) >"
+                 " 1)", rate)
   p_recover = 1.0 / mean_outage
   p_fail = min(1.0, rate / ((1.0 - rate) * mean_outage))
 
@@ -309,9 +295,7 @@ def schedule(model: FailureModel, key: chex.PRNGKey, rounds: int,
   Returns:
     `RoundFailures` whose arrays have shape (rounds, k).
   """
-  if (isinstance(rounds, bool) or not isinstance(rounds, numbers.Integral)
-      or rounds < 0):
-    raise ValueError(f"rounds must be an integer >= 0, got {rounds!r}")
+  rounds = checks.integer_at_least(rounds, "rounds", 0)
   num_workers, comm_period = _check_sizes(num_workers, comm_period)
   return _schedule(model, key, int(rounds), num_workers, comm_period)
 
@@ -332,6 +316,52 @@ def _schedule(model: FailureModel, key: chex.PRNGKey, rounds: int,
   return failures
 
 
+SETTINGS_MODELS = ("none", "bernoulli", "bursty")
+
+
+def from_settings(*, failure_model: str, failure_rate: float,
+                  failure_mode: str = "disconnect", mean_outage: float = 3.0,
+                  straggler_rate: float = 0.0,
+                  straggler_slowdown: float = 0.5) -> FailureModel:
+  """The failure model of a run's settings (``SimConfig``'s field names).
+
+  Base outages by ``failure_model`` (``SETTINGS_MODELS``) at
+  ``failure_rate``, with stragglers on top when ``straggler_rate`` > 0.
+
+  Raises:
+    checks.ArgumentError: named after the setting (``failure_rate``,
+      ``mean_outage``, ...), not the constructor's argument.
+  """
+  checks.one_of(failure_model, "failure_model", SETTINGS_MODELS)
+  names = ({"rate": "failure_rate", "mode": "failure_mode"}
+           if failure_model != "none" else {})
+  try:
+    if failure_model == "bernoulli":
+      base = bernoulli(failure_rate, mode=failure_mode)
+    elif failure_model == "bursty":
+      base = bursty(failure_rate, mean_outage, mode=failure_mode)
+    else:
+      _check_rate(failure_rate, "failure_rate")
+      _check_mode(failure_mode)
+      base = no_failures()
+    # Checked even when bursty is off, so that a bad value never waits for
+    # the run where it matters.
+    checks.require(checks.is_real(mean_outage) and mean_outage >= 1,
+                   "mean_outage", "a finite number >= 1 (rounds)",
+                   mean_outage)
+    if failure_rate == 0:
+      base = no_failures()
+    names = {"rate": "straggler_rate", "slowdown": "straggler_slowdown"}
+    with_stragglers = stragglers(straggler_rate, straggler_slowdown,
+                                 base=base)
+  except checks.ArgumentError as e:
+    if e.argument not in names:
+      raise
+    raise checks.ArgumentError(names[e.argument], e.requirement,
+                               e.value) from None
+  return with_stragglers if straggler_rate > 0 else base
+
+
 _MODELS = {
     "none": no_failures,
     "bernoulli": bernoulli,
@@ -342,6 +372,5 @@ _MODELS = {
 
 def get_failure_model(name: str, **kwargs: Any) -> FailureModel:
   """A failure model by name: "none", "bernoulli", "bursty" or "stragglers"."""
-  if name not in _MODELS:
-    raise ValueError(f"name must be one of {tuple(_MODELS)}, got {name!r}")
+  checks.one_of(name, "name", tuple(_MODELS))
   return _MODELS[name](**kwargs)

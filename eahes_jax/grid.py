@@ -81,39 +81,42 @@ PRESETS = {
 }
 
 
+# Overrides of a preset -> the SimConfig field each value becomes; the grid's
+# axes are tuples of values.
+_OVERRIDE_FIELDS = {"rounds": "rounds", "num_seeds": "num_seeds",
+                    "model": "model", "eval_every": "eval_every",
+                    "methods": "method", "workers": "num_workers",
+                    "periods": "comm_period",
+                    "overlap_ratios": "overlap_ratio"}
+_AXES = ("methods", "workers", "periods", "overlap_ratios")
+
+
 def customize(preset: Preset, **overrides) -> Preset:
   """The preset with the non-None ``overrides`` applied (validated)."""
   changes = {k: v for k, v in overrides.items() if v is not None}
-  for field in ("rounds", "num_seeds"):
-    if field in changes and (changes[field] < (1 if field == "num_seeds"
-                                               else 0)):
-      raise config_lib.ConfigError(
-          f"{field} must be an integer >= {1 if field == 'num_seeds' else 0},"
-          f" got {changes[field]!r}", field)
-  # The grid's axes (the reproduce_paper flags of the same names).
-  known = sorted(methods.methods())
-  for field, ok, allowed in (
-      ("methods", lambda m: m in known, f"one of {known}"),
-      ("workers", lambda k: isinstance(k, int) and k >= 1,
-       "integers >= 1"),
-      ("periods", lambda t: isinstance(t, int) and t >= 1,
-       "integers >= 1"),
-      ("overlap_ratios",
-       lambda r: isinstance(r, (int, float)) and 0 <= r < 1, "in [0, 1)")):
-    if field in changes:
-      values = tuple(changes[field])
-      bad = [v for v in values if not ok(v)]
-      if bad:
+  # Each value is checked by SimConfig, the one place that knows the rules,
+  # and the error renamed after the override (the reproduce_paper flag).
+  for override, field in _OVERRIDE_FIELDS.items():
+    if override not in changes:
+      continue
+    values = changes[override]
+    if override in _AXES:
+      values = changes[override] = tuple(values)
+    for value in (values if override in _AXES else (values,)):
+      try:
+        config_lib.SimConfig(**{field: value})
+      except config_lib.ConfigError as e:
+        if e.field != field:
+          raise
         raise config_lib.ConfigError(
-            f"{field} must be {allowed}, got {bad[0]!r}", field)
-      changes[field] = values
+            override + str(e)[len(field):], override) from None
   for field in ("workers", "periods"):
     if field in changes and not changes[field]:
       raise config_lib.ConfigError(f"{field} must not be empty", field)
   if changes.get("methods", preset.methods) == () and changes.get(
       "overlap_ratios", preset.overlap_ratios) == ():
     raise config_lib.ConfigError(
-        "methods and --overlap_ratios are both empty: nothing to run",
+        "`methods` and `overlap_ratios` are both empty: nothing to run",
         "methods")
   if changes:
     preset = dataclasses.replace(preset, name=f"{preset.name}-custom",

@@ -1,18 +1,81 @@
 """The paper's six methods as data (algorithms.md §7).
 
-A method is a small frozen record, not a class hierarchy: which local
-optimizer the workers run, whether they share an overlap set of the data, and
-which elastic weighting policy meets them with the master. New methods are
-added by registering another record under its own name.
+A method is a small frozen record, not a class hierarchy: the factory of the
+workers' local optimizer, whether they share an overlap set of the data, and
+the factory of the elastic weighting policy that meets them with the master.
+Both factories take the run's ``SimConfig`` (for its hyperparameters); the
+simulator calls them and never dispatches on a name. New methods are added by
+registering another record under its own name.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Mapping
+from typing import Any, Callable, Mapping
+
+import optax
+
+# The package exports the transform under its module's name, so import the
+# functions rather than the module.
+from eahes_jax.adahessian import adahessian as adahessian_transform
+from eahes_jax.adahessian import elastic_adam
+from eahes_jax import weighting
 
 OPTIMIZERS = ("sgd", "nesterov", "adahessian", "adam")
 WEIGHTINGS = ("fixed", "oracle", "dynamic")
+
+# The paper's local learning rate, for every method (algorithms.md §7).
+DEFAULT_LR = 0.01
+
+# A factory from the run's config (a ``config.SimConfig``; typed loosely here
+# because the config module builds on this one).
+OptimizerFactory = Callable[[Any], optax.GradientTransformationExtraArgs]
+PolicyFactory = Callable[[Any], weighting.WeightingPolicy]
+
+
+def _lr(config: Any) -> float:
+  return DEFAULT_LR if config.lr is None else config.lr
+
+
+def sgd(config: Any) -> optax.GradientTransformationExtraArgs:
+  """Plain SGD at the config's learning rate (EASGD)."""
+  return optax.sgd(_lr(config))
+
+
+def nesterov(config: Any) -> optax.GradientTransformationExtraArgs:
+  """SGD with Nesterov momentum δ = ``config.momentum`` (EAMSGD)."""
+  return optax.sgd(_lr(config), momentum=config.momentum, nesterov=True)
+
+
+def adahessian_optimizer(config: Any) -> optax.GradientTransformationExtraArgs:
+  """AdaHessian with Hutchinson's diagonal (the EAHES family)."""
+  return adahessian_transform(_lr(config), weight_decay=config.weight_decay,
+                               hessian_power=config.hessian_power)
+
+
+def adam_optimizer(config: Any) -> optax.GradientTransformationExtraArgs:
+  """AdaHessian's chain with Adam's squared gradient (no second order)."""
+  return elastic_adam(_lr(config),
+                                 weight_decay=config.weight_decay)
+
+
+def fixed_policy(config: Any) -> weighting.WeightingPolicy:
+  """EASGD's constant α (eqs. 12-13)."""
+  return weighting.fixed(config.alpha)
+
+
+def oracle_policy(config: Any) -> weighting.WeightingPolicy:
+  """EAHES-OM's oracle, in the config's ``oracle_variant``."""
+  return weighting.oracle(config.alpha, variant=config.oracle_variant,
+                          threshold=config.dw_threshold)
+
+
+def dynamic_policy(config: Any) -> weighting.WeightingPolicy:
+  """DEAHES's dynamic weighting (paper §V-B) with the config's p, c, k."""
+  return weighting.dynamic(
+      config.alpha, p=config.dw_history, coeffs=config.dw_coeffs,
+      threshold=config.dw_threshold,
+      master_estimate=config.dw_master_estimate)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,7 +84,8 @@ class Method:
 
   Attributes:
     name: the method's name as the paper writes it (``"DEAHES-O"``).
-    optimizer: the workers' local optimizer, one of ``OPTIMIZERS``:
+    optimizer: the name of the workers' local optimizer, one of
+      ``OPTIMIZERS`` (a label for tables; ``make_optimizer`` builds it):
       ``"sgd"`` (plain SGD), ``"nesterov"`` (SGD with Nesterov momentum, as
       EAMSGD), ``"adahessian"`` (AdaHessian with Hutchinson's diagonal) or
       ``"adam"`` (AdaHessian's chain with Adam's squared gradient in place of
@@ -29,15 +93,23 @@ class Method:
       information).
     overlap: whether workers share a random overlap set of the training data
       (paper §V-A). Without it the shards are disjoint (r = 0).
-    weighting: the elastic weighting policy, one of ``WEIGHTINGS``: ``"fixed"``
-      (EASGD's constant α), ``"oracle"`` (EAHES-OM: knows when a worker
-      rejoins) or ``"dynamic"`` (DEAHES, paper §V-B).
+    weighting: the name of the elastic weighting policy, one of
+      ``WEIGHTINGS``: ``"fixed"`` (EASGD's constant α), ``"oracle"``
+      (EAHES-OM: knows when a worker rejoins) or ``"dynamic"`` (DEAHES, paper
+      §V-B).
+    make_optimizer: builds the local optimizer from the run's config.
+    make_policy: builds the weighting policy from the run's config.
+    second_order: whether the local step needs Hutchinson's Hessian diagonal
+      (passed to the optimizer as ``hessian_diag``).
   """
 
   name: str
   optimizer: str
   overlap: bool
   weighting: str
+  make_optimizer: OptimizerFactory
+  make_policy: PolicyFactory
+  second_order: bool = False
 
   def __post_init__(self):
     if self.optimizer not in OPTIMIZERS:
@@ -48,11 +120,6 @@ class Method:
       raise ValueError(
           f"Method {self.name!r}: weighting must be one of {WEIGHTINGS}, got"
           f" {self.weighting!r}")
-
-  @property
-  def second_order(self) -> bool:
-    """Whether the local step needs Hutchinson's Hessian diagonal."""
-    return self.optimizer == "adahessian"
 
 
 _REGISTRY: dict[str, Method] = {}
@@ -73,18 +140,25 @@ def register_method(method: Method) -> Method:
   return method
 
 
+_SGD = dict(optimizer="sgd", make_optimizer=sgd)
+_NESTEROV = dict(optimizer="nesterov", make_optimizer=nesterov)
+_ADAHESSIAN = dict(optimizer="adahessian", make_optimizer=adahessian_optimizer,
+                   second_order=True)
+_ADAM = dict(optimizer="adam", make_optimizer=adam_optimizer)
+_FIXED = dict(weighting="fixed", make_policy=fixed_policy)
+_ORACLE = dict(weighting="oracle", make_policy=oracle_policy)
+_DYNAMIC = dict(weighting="dynamic", make_policy=dynamic_policy)
+
 for _m in (
-    Method("EASGD", optimizer="sgd", overlap=False, weighting="fixed"),
-    Method("EAMSGD", optimizer="nesterov", overlap=False, weighting="fixed"),
-    Method("EAHES", optimizer="adahessian", overlap=False, weighting="fixed"),
-    Method("EAHES-O", optimizer="adahessian", overlap=True, weighting="fixed"),
-    Method("EAHES-OM", optimizer="adahessian", overlap=True,
-           weighting="oracle"),
-    Method("DEAHES-O", optimizer="adahessian", overlap=True,
-           weighting="dynamic"),
+    Method("EASGD", overlap=False, **_SGD, **_FIXED),
+    Method("EAMSGD", overlap=False, **_NESTEROV, **_FIXED),
+    Method("EAHES", overlap=False, **_ADAHESSIAN, **_FIXED),
+    Method("EAHES-O", overlap=True, **_ADAHESSIAN, **_FIXED),
+    Method("EAHES-OM", overlap=True, **_ADAHESSIAN, **_ORACLE),
+    Method("DEAHES-O", overlap=True, **_ADAHESSIAN, **_DYNAMIC),
     # Beyond the paper: elastic Adam on the overlapping shards, the control
     # that tells second-order information from adaptivity (issue 11).
-    Method("EAADAM-O", optimizer="adam", overlap=True, weighting="fixed"),
+    Method("EAADAM-O", overlap=True, **_ADAM, **_FIXED),
 ):
   register_method(_m)
 

@@ -38,8 +38,6 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from eahes_jax.adahessian import adahessian as make_adahessian
-from eahes_jax.adahessian import elastic_adam as make_elastic_adam
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import elastic
@@ -194,47 +192,23 @@ def cross_entropy(logits: chex.Array, labels: chex.Array) -> chex.Array:
 
 def make_optimizer(config: config_lib.SimConfig
                    ) -> optax.GradientTransformationExtraArgs:
-  """The workers' local optimizer for the config's method (§7)."""
-  method = config.method_spec
-  lr = config.resolve().lr
-  if method.optimizer == "sgd":
-    return optax.sgd(lr)
-  if method.optimizer == "nesterov":
-    return optax.sgd(lr, momentum=config.momentum, nesterov=True)
-  if method.optimizer == "adam":
-    return make_elastic_adam(lr, weight_decay=config.weight_decay)
-  return make_adahessian(
-      lr, weight_decay=config.weight_decay, hessian_power=config.hessian_power)
+  """The workers' local optimizer: the config's method builds it (§7)."""
+  return config.method_spec.make_optimizer(config)
 
 
 def make_policy(config: config_lib.SimConfig) -> weighting.WeightingPolicy:
-  """The elastic weighting policy of the config's method."""
-  kind = config.method_spec.weighting
-  if kind == "fixed":
-    return weighting.fixed(config.alpha)
-  if kind == "oracle":
-    return weighting.oracle(config.alpha, variant=config.oracle_variant,
-                            threshold=config.dw_threshold)
-  return weighting.dynamic(
-      config.alpha, p=config.dw_history, coeffs=config.dw_coeffs,
-      threshold=config.dw_threshold,
-      master_estimate=config.dw_master_estimate)
+  """The elastic weighting policy: the config's method builds it."""
+  return config.method_spec.make_policy(config)
 
 
 def make_failure_model(config: config_lib.SimConfig
                        ) -> failures_lib.FailureModel:
   """The failure model: base outages, then stragglers on top if asked."""
-  if config.failure_model == "none" or config.failure_rate == 0:
-    base = failures_lib.no_failures()
-  elif config.failure_model == "bernoulli":
-    base = failures_lib.bernoulli(config.failure_rate, mode=config.failure_mode)
-  else:
-    base = failures_lib.bursty(config.failure_rate, config.mean_outage,
-                               mode=config.failure_mode)
-  if config.straggler_rate > 0:
-    return failures_lib.stragglers(config.straggler_rate,
-                                   config.straggler_slowdown, base=base)
-  return base
+  return failures_lib.from_settings(
+      failure_model=config.failure_model, failure_rate=config.failure_rate,
+      failure_mode=config.failure_mode, mean_outage=config.mean_outage,
+      straggler_rate=config.straggler_rate,
+      straggler_slowdown=config.straggler_slowdown)
 
 
 def make_model(config: config_lib.SimConfig):

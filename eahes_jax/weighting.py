@@ -16,13 +16,13 @@ returns a `WeightingPolicy` of two pure, jit-able functions,
 and before the exchange, with the same workers and master the exchange sees.
 """
 
-import math
 import numbers
 from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import chex
 import jax.numpy as jnp
 
+from eahes_jax import checks
 from eahes_jax import elastic
 
 MASTER_ESTIMATES = ("exact", "peer_mean")
@@ -103,21 +103,26 @@ class DynamicState(NamedTuple):
   count: chex.Array
 
 
+def check_num_workers(master_estimate: str, num_workers: int) -> None:
+  """The peer-mean estimate needs peers: k >= 2 (the dynamic policy's init).
+
+  Raises:
+    checks.ArgumentError: named ``num_workers``.
+  """
+  checks.require(master_estimate != "peer_mean" or num_workers >= 2,
+                 "num_workers",
+                 ">= 2 with master_estimate='peer_mean' (a worker needs"
+                 " peers)", num_workers)
+
+
 def _check_alpha(alpha: float) -> float:
-  if not _is_real(alpha) or not 0.0 < alpha <= 1.0:
-    raise ValueError(f"alpha must be in (0, 1], got {alpha!r}")
-  return float(alpha)
+  return checks.number_in(alpha, "alpha", 0.0, 1.0, low_closed=False)
 
 
 def _check_threshold(threshold: float) -> float:
-  if not _is_real(threshold) or not threshold < 0.0:
-    raise ValueError(f"threshold must be a number < 0, got {threshold!r}")
+  checks.require(checks.is_real(threshold) and threshold < 0.0, "threshold",
+                 "a number < 0", threshold)
   return float(threshold)
-
-
-def _is_real(x: Any) -> bool:
-  return (isinstance(x, numbers.Real) and not isinstance(x, bool)
-          and math.isfinite(x))
 
 
 def _is_concrete_number(x: Any) -> bool:
@@ -276,9 +281,7 @@ def oracle(alpha: float, *, variant: str = "reset",
   """
   alpha = _check_alpha(alpha)
   threshold = _check_threshold(threshold)
-  if variant not in ORACLE_VARIANTS:
-    raise ValueError(
-        f"variant must be one of {ORACLE_VARIANTS}, got {variant!r}")
+  checks.one_of(variant, "variant", ORACLE_VARIANTS)
 
   def rejoin_weights(missed: chex.Array) -> tuple[chex.Array, chex.Array]:
     if variant == "reset":
@@ -345,31 +348,21 @@ def dynamic(alpha: float,
   """
   alpha = _check_alpha(alpha)
   threshold = _check_threshold(threshold)
-  if isinstance(p, bool) or not isinstance(p, numbers.Integral) or p < 1:
-    raise ValueError(f"p must be an integer >= 1, got {p!r}")
-  p = int(p)
+  p = checks.integer_at_least(p, "p", 1)
   if coeffs is None:
     coeffs = _default_coeffs(p)
   coeffs = tuple(coeffs)
-  if len(coeffs) != p:
-    raise ValueError(f"coeffs must have length p = {p}, got {len(coeffs)}")
-  if not all(_is_real(c) and c >= 0 for c in coeffs):
-    raise ValueError(f"coeffs must be finite and >= 0, got {coeffs}")
-  if abs(sum(coeffs) - 1.0) > _COEFFS_TOL:
-    raise ValueError(
-        f"coeffs must sum to 1 (tolerance {_COEFFS_TOL}), got sum"
-        f" {sum(coeffs)!r}")
-  if master_estimate not in MASTER_ESTIMATES:
-    raise ValueError(
-        f"master_estimate must be one of {MASTER_ESTIMATES}, got"
-        f" {master_estimate!r}")
+  checks.require(len(coeffs) == p, "coeffs",
+                 f"{p} numbers (one per difference, p = {p})", coeffs)
+  checks.require(all(checks.is_real(c) and c >= 0 for c in coeffs), "coeffs",
+                 "finite and >= 0", coeffs)
+  checks.require(abs(sum(coeffs) - 1.0) <= _COEFFS_TOL, "coeffs",
+                 f"numbers summing to 1 (tolerance {_COEFFS_TOL})", coeffs)
+  checks.one_of(master_estimate, "master_estimate", MASTER_ESTIMATES)
   coeffs_array = jnp.asarray(coeffs, jnp.float32)
 
   def init(num_workers: int) -> DynamicState:
-    if master_estimate == "peer_mean" and num_workers < 2:
-      raise ValueError(
-          "num_workers must be >= 2 for master_estimate='peer_mean', got"
-          f" {num_workers}")
+    check_num_workers(master_estimate, num_workers)
     return DynamicState(
         u_history=jnp.zeros((num_workers, p + 1), jnp.float32),
         count=jnp.zeros((), jnp.int32))
