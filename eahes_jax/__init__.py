@@ -7,7 +7,9 @@ Worker Node Failure in Distributed Deep Learning". The flat public API:
 * distributed core: ``exchange``, ``log_distance``, the weighting policies
   ``fixed_weighting``, ``oracle_weighting``, ``dynamic_weighting`` with
   ``h1``/``h2``/``raw_score``, and the failure models;
-* engine: ``SimConfig``, ``Simulation``, ``run``, the six ``METHODS``;
+* engine: ``SimConfig``, ``Simulation``, ``run`` and, as pure functions,
+  ``make_engine``/``make_round``/``make_chunk``; the methods
+  (``registered_methods()``, ``PAPER_METHODS``, ``register_method``);
 * data and models: ``load_mnist``, ``overlap_partition``, ``get_model``.
 """
 
@@ -37,7 +39,7 @@ from eahes_jax.hessian import hutchinson_diag
 from eahes_jax.hessian import rademacher_like
 from eahes_jax.methods import get_method
 from eahes_jax.methods import Method
-from eahes_jax.methods import methods as METHODS
+from eahes_jax.methods import methods as registered_methods
 from eahes_jax.methods import PAPER_METHODS
 from eahes_jax.methods import register_method
 from eahes_jax.models import CNN
@@ -49,8 +51,15 @@ from eahes_jax.models import param_count
 from eahes_jax.models import SmallCNN
 from eahes_jax.partition import label_skew_partition
 from eahes_jax.partition import overlap_partition
+from eahes_jax.simulator import Engine
 from eahes_jax.simulator import EvalMetrics
 from eahes_jax.simulator import History
+from eahes_jax.simulator import make_chunk
+from eahes_jax.simulator import make_engine
+from eahes_jax.simulator import make_evaluate
+from eahes_jax.simulator import make_init
+from eahes_jax.simulator import make_local_steps
+from eahes_jax.simulator import make_round
 from eahes_jax.simulator import NonFiniteError
 from eahes_jax.simulator import RoundMetrics
 from eahes_jax.simulator import run

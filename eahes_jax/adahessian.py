@@ -259,10 +259,6 @@ def adahessian(
   Raises:
     ValueError: if an argument is outside its range.
   """
-  if not callable(learning_rate):
-    _check_nonnegative("learning_rate", learning_rate)
-  if not callable(weight_decay):
-    _check_nonnegative("weight_decay", weight_decay)
   return _decayed_and_scaled(
       scale_by_adahessian(
           b1=b1, b2=b2, eps=eps, hessian_power=hessian_power,
@@ -272,7 +268,11 @@ def adahessian(
 
 def _decayed_and_scaled(direction, learning_rate, weight_decay):
   """``direction``, then decoupled weight decay, then −lr: the shared tail
-  of AdaHessian and its Adam control."""
+  of AdaHessian and its Adam control (which checks the two rates)."""
+  if not callable(learning_rate):
+    _check_nonnegative("learning_rate", learning_rate)
+  if not callable(weight_decay):
+    _check_nonnegative("weight_decay", weight_decay)
   transforms = [direction]
   # A constant zero decay is left out so that params stay optional.
   if callable(weight_decay) or not (
@@ -283,11 +283,8 @@ def _decayed_and_scaled(direction, learning_rate, weight_decay):
 
 
 def elastic_adam(
-    learning_rate: optax.ScalarOrSchedule,
-    b1: float = 0.9,
-    b2: float = 0.999,
-    eps: float = 1e-4,
-    weight_decay: optax.ScalarOrSchedule = 0.0,
+    learning_rate: optax.ScalarOrSchedule, b1: float = 0.9, b2: float = 0.999,
+    eps: float = 1e-4, weight_decay: optax.ScalarOrSchedule = 0.0
 ) -> optax.GradientTransformation:
   """AdaHessian's chain with Adam's second moment: the adaptivity control.
 
@@ -308,9 +305,5 @@ def elastic_adam(
   Returns:
     An ``optax.GradientTransformation``.
   """
-  if not callable(learning_rate):
-    _check_nonnegative("learning_rate", learning_rate)
-  if not callable(weight_decay):
-    _check_nonnegative("weight_decay", weight_decay)
   return _decayed_and_scaled(optax.scale_by_adam(b1=b1, b2=b2, eps=eps),
                              learning_rate, weight_decay)

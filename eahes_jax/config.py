@@ -140,34 +140,43 @@ class SimConfig:
       where it is faster, xla elsewhere).
   """
 
+  # What is trained.
   method: str = "DEAHES-O"
   model: str = "small_cnn"
+  # By how many workers, how often they meet the master, for how long.
   num_workers: int = 4
   comm_period: int = 1
   rounds: int = 200
   batch_size: int = 64
+  # The local step.
   lr: float | None = None
   momentum: float = 0.5
+  # The elastic exchange and the data each worker sees.
   alpha: float = 0.1
   overlap_ratio: float | None = None
   label_skew: float = 0.0
+  # AdaHessian and its Hutchinson probes.
   weight_decay: float = 0.0
   hessian_samples: int = 1
   hessian_power: float = 1.0
+  # Failures.
   failure_rate: float = 1.0 / 3.0
   failure_model: str = "bernoulli"
   failure_mode: str = "disconnect"
   mean_outage: float = 3.0
   straggler_rate: float = 0.0
   straggler_slowdown: float = 0.5
+  # The exchange's order and the weighting policies (§5).
   exchange_order: str = "sequential"
   dw_history: int = 3
   dw_coeffs: tuple[float, ...] = (0.6, 0.3, 0.1)
   dw_threshold: float = -3.0
   dw_master_estimate: str = "exact"
   oracle_variant: str = "reset"
+  # Seeds: run side by side, as one program.
   num_seeds: int = 1
   seed: int = 0
+  # Evaluation and execution.
   eval_every: int = 10
   eval_batch_size: int = 1000
   train_eval_size: int = 10000

@@ -257,31 +257,23 @@ def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
   record = {"preset": dataclasses.asdict(preset), "data_source": source}
   record = json.loads(json.dumps(record))  # Tuples become lists.
   path = os.path.join(out_dir, GRID_FILE)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-    except (OSError, ValueError) as e:
-      raise results_folder.ResultsDirError(
-          f"{path} is unreadable ({e}); choose another results folder"
-      ) from None
-    if not isinstance(old, dict) or not isinstance(old.get("preset"), dict):
-      raise results_folder.ResultsDirError(
-          f"{path} is not a grid record; choose another results folder")
+  old = results_folder.read_record(
+      path, lambda x: isinstance(x, dict) and isinstance(x.get("preset"), dict),
+      "a grid record")
+  if old is not None:
     old_p, new_p = old["preset"], record["preset"]
     fields = sorted(k for k in set(old_p) | set(new_p)
                     if k not in _AXES and old_p.get(k) != new_p.get(k))
     if old.get("data_source") != record["data_source"]:
       fields.append("data_source")
     if fields:
-      raise results_folder.ResultsDirError(
+      raise results_folder.FolderMismatchError(
           f"{out_dir!r} holds a grid of another preset or data source"
           f" ({old_p.get('name')!r} on {old.get('data_source')!r}; differs"
           f" in: {', '.join(fields)}); refusing to mix, choose"
           " another results folder")
     return
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  results_folder.write_json(path, record, indent=2)
 
 
 # Dynamic weighting's p, c and k are not given by the paper (algorithms.md

@@ -15,6 +15,7 @@ from typing import Any, Callable
 import chex
 import jax
 import jax.numpy as jnp
+import optax
 
 __all__ = ["hutchinson_diag", "rademacher_like"]
 
@@ -36,16 +37,16 @@ def rademacher_like(key: chex.PRNGKey, tree: chex.ArrayTree) -> chex.ArrayTree:
     A pytree like ``tree`` whose entries are independently ±1 with probability
     1/2 each.
   """
-  leaves, treedef = jax.tree_util.tree_flatten(tree)
-  if not leaves:
+  if not jax.tree_util.tree_leaves(tree):
     return tree
-  keys = jax.random.split(key, len(leaves))
-  probes = [
-      jax.random.rademacher(k, jnp.shape(leaf), dtype=jnp.float32).astype(
-          jnp.result_type(leaf))
-      for k, leaf in zip(keys, leaves)
-  ]
-  return jax.tree_util.tree_unflatten(treedef, probes)
+
+  def signs(k, shape, dtype):
+    # Drawn in float32 (rademacher takes no low-precision float dtype
+    # everywhere), then cast: ±1 is exact in every float dtype.
+    return jax.random.rademacher(k, shape, dtype=jnp.float32).astype(dtype)
+
+  # optax splits the key over the leaves, one key per leaf, in leaf order.
+  return optax.tree.random_like(key, tree, sampler=signs)
 
 
 def hutchinson_diag(

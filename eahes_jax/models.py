@@ -162,11 +162,8 @@ class MLP(nn.Module):
     return nn.Dense(NUM_CLASSES, name="fc2")(x)
 
 
-class SmallCNN(nn.Module):
-  """PyTorch's classic MNIST example net without its dropouts: 21,840 params.
-
-  conv 10@5x5 -> max-pool 2 -> relu -> conv 20@5x5 -> max-pool 2 -> relu
-  -> flatten -> dense 50 -> relu -> dense 10.
+class _ConvNet(nn.Module):
+  """What the CNNs share: the convolution formulation, checked once.
 
   Attributes:
     conv_impl: "xla", "im2col" or "im2col_lax" (see `Conv2D`).
@@ -176,6 +173,17 @@ class SmallCNN(nn.Module):
   def __post_init__(self):
     _check_conv_impl(self.conv_impl)
     super().__post_init__()
+
+
+class SmallCNN(_ConvNet):
+  """PyTorch's classic MNIST example net without its dropouts: 21,840 params.
+
+  conv 10@5x5 -> max-pool 2 -> relu -> conv 20@5x5 -> max-pool 2 -> relu
+  -> flatten -> dense 50 -> relu -> dense 10.
+
+  Attributes:
+    conv_impl: as in `_ConvNet`.
+  """
 
   @nn.compact
   def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
@@ -189,20 +197,15 @@ class SmallCNN(nn.Module):
     return nn.Dense(NUM_CLASSES, name="fc2")(x)
 
 
-class CNN(nn.Module):
+class CNN(_ConvNet):
   """The Keras/PyTorch MNIST CNN with dropout: 1,199,882 params.
 
   conv 32@3x3 -> relu -> conv 64@3x3 -> relu -> max-pool 2 -> dropout 0.25
   -> flatten -> dense 128 -> relu -> dropout 0.5 -> dense 10.
 
   Attributes:
-    conv_impl: "xla", "im2col" or "im2col_lax" (see `Conv2D`).
+    conv_impl: as in `_ConvNet`.
   """
-  conv_impl: str = "xla"
-
-  def __post_init__(self):
-    _check_conv_impl(self.conv_impl)
-    super().__post_init__()
 
   @nn.compact
   def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:

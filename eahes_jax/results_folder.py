@@ -28,7 +28,7 @@ import json
 import math
 import os
 import shutil
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, Callable
 
 import numpy as np
 
@@ -153,6 +153,38 @@ def is_run_record(x: Any) -> bool:
   return isinstance(x, dict) and isinstance(x.get("config"), dict)
 
 
+def read_record(path: str, is_valid: Callable[[Any], bool], what: str
+                ) -> Any | None:
+  """The JSON record at ``path`` (a run's, a grid's, a study's), or None.
+
+  Args:
+    path: the file.
+    is_valid: whether a parsed value has the record's shape.
+    what: the record's name for the message ("a run record").
+
+  Returns:
+    The parsed record, or None when the file does not exist.
+
+  Raises:
+    UnreadableRecordError: the file exists but is not JSON, or not ``what``;
+      the message names the file.
+  """
+  if not os.path.exists(path):
+    return None
+  try:
+    with open(path) as f:
+      old = json.load(f)
+  except (OSError, ValueError) as e:
+    raise UnreadableRecordError(
+        f"{path}: unreadable {os.path.basename(path)} ({e}); choose another"
+        " `out_dir`") from None
+  if not is_valid(old):
+    raise UnreadableRecordError(
+        f"{path}: unreadable {os.path.basename(path)} (not {what}); choose"
+        " another `out_dir`")
+  return old
+
+
 def stored_record(out_dir: str) -> tuple[str, dict[str, Any]] | None:
   """The record the folder's results were written under, and its file.
 
@@ -162,19 +194,9 @@ def stored_record(out_dir: str) -> tuple[str, dict[str, Any]] | None:
   Raises:
     ResultsDirError: ``config.json`` exists but is not a run record.
   """
-  path = os.path.join(out_dir, CONFIG_FILE)
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-    except (OSError, ValueError) as e:
-      raise UnreadableRecordError(
-          f"`out_dir` {out_dir!r} has an unreadable {CONFIG_FILE} ({e});"
-          " choose another `out_dir`") from None
-    if not is_run_record(old):
-      raise UnreadableRecordError(
-          f"`out_dir` {out_dir!r} has an unreadable {CONFIG_FILE} (not a run"
-          " record); choose another `out_dir`")
+  old = read_record(os.path.join(out_dir, CONFIG_FILE), is_run_record,
+                    "a run record")
+  if old is not None:
     return CONFIG_FILE, old
   ckpt_dir = os.path.join(out_dir, CHECKPOINT_DIR)
   if not os.path.isdir(ckpt_dir):

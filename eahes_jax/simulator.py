@@ -262,98 +262,76 @@ def check_data(config: config_lib.SimConfig, data: data_lib.MNIST) -> None:
         "num_workers") from None
 
 
-class Simulation:
-  """A compiled simulation of one configuration over its seeds.
+class Engine(NamedTuple):
+  """What a round is made of, built once from a config (all static).
 
-  ``init_state`` builds the initial state (leading seed axis), ``run_rounds``
-  advances it by whole rounds in one jitted scan, ``evaluate`` scores the
-  master. ``run`` strings them together; experiment binaries drive them
-  directly to checkpoint between chunks.
-
-  With ``execution="sharded"`` the workers are laid over a 1-D mesh of
-  ``devices`` (default: every device JAX sees); k must be a multiple of their
-  number, checked here, before anything compiles.
+  Attributes:
+    config: the resolved config.
+    model: the flax model.
+    optimizer: the workers' local optimizer (the method's factory).
+    second_order: whether the local step feeds it Hutchinson's diagonal.
+    policy: the elastic weighting policy.
+    failure_model: the failure model.
+    strategy: how the worker axis runs (``execution.STRATEGIES``).
+    mesh: the worker mesh for ``sharded``, else None.
   """
+  config: config_lib.SimConfig
+  model: Any
+  optimizer: optax.GradientTransformationExtraArgs
+  second_order: bool
+  policy: weighting.WeightingPolicy
+  failure_model: failures_lib.FailureModel
+  strategy: str
+  mesh: Any
 
-  def __init__(self, config: config_lib.SimConfig, data: data_lib.MNIST,
-               *, devices: Any = None):
-    config = config.resolve()
-    self.config = config
-    self.method = config.method_spec
-    self.strategy = execution_lib.resolve_strategy(config.execution)
-    self.mesh = (execution_lib.worker_mesh(config.num_workers, devices)
-                 if self.strategy == "sharded" else None)
-    self.seeds = np.arange(config.seed, config.seed + config.num_seeds)
-    self.model = make_model(config)
-    self.optimizer = make_optimizer(config)
-    self.policy = make_policy(config)
-    self.failure_model = make_failure_model(config)
 
-    n_train = int(data.train_images.shape[0])
-    check_data(config, data)
-    # Each seed draws its own overlap partition (§4), like a fresh run would.
-    self.worker_idx = np.stack([
-        partition.label_skew_partition(data.train_labels, config.num_workers,
-                                       config.overlap_ratio,
-                                       config.label_skew, int(s))[1]
-        for s in self.seeds])
-    eval_idx = np.arange(n_train)
-    if 0 < config.train_eval_size < n_train:
-      eval_idx = np.sort(np.random.default_rng(0).choice(
-          n_train, config.train_eval_size, replace=False))
-    self.data = DeviceData(
-        jnp.asarray(data.train_images), jnp.asarray(data.train_labels),
-        jnp.asarray(data.test_images), jnp.asarray(data.test_labels),
-        jnp.asarray(data.train_images[eval_idx]),
-        jnp.asarray(data.train_labels[eval_idx]))
-    self._worker_idx = jnp.asarray(self.worker_idx)
-    self._chunks: dict[int, Callable[..., Any]] = {}
-    self._init = jax.jit(jax.vmap(self._init_one))
-    self._evaluate = jax.jit(jax.vmap(self._evaluate_one,
-                                      in_axes=(0, None)))
+def make_engine(config: config_lib.SimConfig, *, devices: Any = None
+                ) -> Engine:
+  """The ``Engine`` of ``config`` (resolved here)."""
+  config = config.resolve()
+  strategy = execution_lib.resolve_strategy(config.execution)
+  mesh = (execution_lib.worker_mesh(config.num_workers, devices)
+          if strategy == "sharded" else None)
+  return Engine(config, make_model(config), make_optimizer(config),
+                config.method_spec.second_order, make_policy(config),
+                make_failure_model(config), strategy, mesh)
 
-  # ---------------------------------------------------------------- state --
-  def _init_one(self, seed: chex.Array) -> SimState:
+
+def make_init(engine: Engine) -> Callable[[chex.Array], SimState]:
+  """``init(seed) -> SimState`` of one seed: every worker a copy of the
+  master (paper §II), fresh optimizer, policy and failure states."""
+  cfg = engine.config
+
+  def init(seed: chex.Array) -> SimState:
     key = jax.random.PRNGKey(seed)
     init_key, fail_key, key = jax.random.split(key, 3)
-    master = models_lib.init_params(self.model, init_key)
-    k = self.config.num_workers
-    # Every worker starts as a copy of the master (paper §II).
+    master = models_lib.init_params(engine.model, init_key)
+    k = cfg.num_workers
     workers = jax.tree_util.tree_map(
         lambda x: jnp.broadcast_to(x, (k,) + x.shape), master)
     return SimState(
         workers=workers,
-        opt_state=jax.vmap(self.optimizer.init)(workers),
+        opt_state=jax.vmap(engine.optimizer.init)(workers),
         master=master,
-        policy_state=self.policy.init(k),
-        failure_state=self.failure_model.init(fail_key, k,
-                                              self.config.comm_period),
+        policy_state=engine.policy.init(k),
+        failure_state=engine.failure_model.init(fail_key, k,
+                                                cfg.comm_period),
         steps=jnp.zeros((k,), jnp.int32),
         key=key,
         round=jnp.zeros((), jnp.int32))
 
-  def init_state(self) -> SimState:
-    """The initial state of every seed, stacked on a leading seed axis."""
-    state = self._init(jnp.asarray(self.seeds, jnp.uint32))
-    if self.mesh is not None:
-      state = jax.device_put(state, execution_lib.state_shardings(
-          state, self.mesh, self.config.num_workers, batch_dims=1))
-    return state
+  return init
 
-  def _constrain(self, state: SimState) -> SimState:
-    """Pins a (per-seed) state to the worker mesh, for ``sharded``."""
-    if self.mesh is None:
-      return state
-    return jax.tree_util.tree_map(
-        jax.lax.with_sharding_constraint, state,
-        execution_lib.state_shardings(state, self.mesh,
-                                      self.config.num_workers))
 
-  # ---------------------------------------------------------------- round --
-  def _local_steps(self, params, opt_state, key, worker_idx, num_steps, data):
-    """τ local steps of one worker; steps >= ``num_steps`` are no-ops."""
-    cfg = self.config
-    second_order = self.method.second_order
+def make_local_steps(engine: Engine) -> Callable[..., Any]:
+  """``local_steps(params, opt_state, key, worker_idx, num_steps, data)``:
+  τ local steps of ONE worker (pure, jit-able); steps >= ``num_steps`` are
+  no-ops. Returns (params, opt_state, mean minibatch loss, non-finite bit
+  mask)."""
+  cfg = engine.config
+  model, optimizer = engine.model, engine.optimizer
+
+  def local_steps(params, opt_state, key, worker_idx, num_steps, data):
 
     def step(carry, t):
       params, opt_state, loss_sum, bad = carry
@@ -365,19 +343,19 @@ class Simulation:
       x, y = data.train_x[rows], data.train_y[rows]
 
       def loss_fn(p):
-        logits = self.model.apply({"params": p}, x, train=True,
-                                  rngs={"dropout": dropout_key})
+        logits = model.apply({"params": p}, x, train=True,
+                             rngs={"dropout": dropout_key})
         return cross_entropy(logits, y)
 
-      if second_order:
+      if engine.second_order:
         loss, grads, hdiag = hessian.hutchinson_diag(
             loss_fn, params, probe_key, num_samples=cfg.hessian_samples)
-        updates, new_opt = self.optimizer.update(
+        updates, new_opt = optimizer.update(
             grads, opt_state, params, hessian_diag=hdiag)
         hess_ok = _all_finite(hdiag)
       else:
         loss, grads = jax.value_and_grad(loss_fn)(params)
-        updates, new_opt = self.optimizer.update(grads, opt_state, params)
+        updates, new_opt = optimizer.update(grads, opt_state, params)
         hess_ok = jnp.bool_(True)
       new_params = optax.apply_updates(params, updates)
       active = t < num_steps
@@ -398,39 +376,29 @@ class Simulation:
     loss = loss_sum / jnp.maximum(num_steps, 1).astype(jnp.float32)
     return params, opt_state, loss, bad
 
-  def local_steps(self, params, opt_state, key, worker_idx, num_steps):
-    """τ local steps of ONE worker, on this simulation's data (pure, jit-able).
+  return local_steps
 
-    The exact step the rounds run, for runtimes that run workers apart
-    (``eahes_jax.ray_runtime``).
 
-    Args:
-      params: the worker's parameters (no worker axis).
-      opt_state: its local optimizer state.
-      key: its key for the round (``split(work_key, k)[j]`` in ``_round``).
-      worker_idx: int (n_j,), its rows of the training set.
-      num_steps: int32 scalar; steps >= num_steps are no-ops.
+def make_round(engine: Engine) -> Callable[..., tuple[SimState,
+                                                      RoundMetrics]]:
+  """``round(state, worker_idx, data) -> (state, metrics)``: one
+  communication round of one seed (the module docstring's steps 1-4)."""
+  cfg = engine.config
+  local_steps = make_local_steps(engine)
 
-    Returns:
-      (params, opt_state, mean minibatch loss, non-finite bit mask).
-    """
-    return self._local_steps(params, opt_state, key, worker_idx, num_steps,
-                             self.data)
-
-  def _round(self, state: SimState, worker_idx: chex.Array,
+  def round_(state: SimState, worker_idx: chex.Array,
              data: DeviceData) -> tuple[SimState, RoundMetrics]:
-    cfg = self.config
     key, fail_key, work_key, exchange_key = jax.random.split(state.key, 4)
-    failures, failure_state = self.failure_model.update(state.failure_state,
-                                                        fail_key)
+    failures, failure_state = engine.failure_model.update(
+        state.failure_state, fail_key)
     local = execution_lib.map_workers(
-        functools.partial(self._local_steps, data=data), self.strategy,
-        self.mesh)
+        functools.partial(local_steps, data=data), engine.strategy,
+        engine.mesh)
     workers, opt_state, worker_loss, nonfinite = local(
         state.workers, state.opt_state,
         jax.random.split(work_key, cfg.num_workers), worker_idx,
         failures.local_steps)
-    weights, policy_state = self.policy.update(
+    weights, policy_state = engine.policy.update(
         state.policy_state,
         weighting.WeightingInputs(workers=workers, master=state.master,
                                   connected=failures.connected))
@@ -459,17 +427,154 @@ class Simulation:
         nonfinite=nonfinite)
     return new_state, metrics
 
+  return round_
+
+
+def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
+  """``chunk(states, worker_idx, data) -> (states, metrics)``: ``length``
+  rounds in one ``lax.scan``, vmapped over the leading seed axis of
+  ``states`` and ``worker_idx`` (not jitted; ``Simulation`` jits it)."""
+  round_ = make_round(engine)
+  constrain = functools.partial(_constrain, engine)
+
+  def chunk(state, worker_idx, data):
+    state, metrics = jax.lax.scan(
+        lambda s, _: round_(s, worker_idx, data), constrain(state), None,
+        length=length)
+    return constrain(state), metrics
+
+  return jax.vmap(chunk, in_axes=(0, 0, None))
+
+
+def _constrain(engine: Engine, state: SimState) -> SimState:
+  """Pins a (per-seed) state to the worker mesh, for ``sharded``."""
+  if engine.mesh is None:
+    return state
+  return jax.tree_util.tree_map(
+      jax.lax.with_sharding_constraint, state,
+      execution_lib.state_shardings(state, engine.mesh,
+                                    engine.config.num_workers))
+
+
+def make_evaluate(engine: Engine) -> Callable[[SimState, DeviceData],
+                                              EvalMetrics]:
+  """``evaluate(state, data)``: the master's test accuracy and loss and its
+  loss on the fixed training subset, for one seed."""
+  model = engine.model
+  batch_size = engine.config.eval_batch_size
+
+  def dataset_metrics(params, x, y):
+    """Loss and accuracy of ``params`` on (x, y), in fixed-size batches."""
+    bs = min(batch_size, x.shape[0])
+    n = x.shape[0]
+    pad = (-n) % bs
+    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
+    y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
+    valid = jnp.arange(n + pad) < n
+    batches = (x.reshape((-1, bs) + x.shape[1:]), y.reshape(-1, bs),
+               valid.reshape(-1, bs))
+
+    def one(batch):
+      bx, by, bv = batch
+      logits = model.apply({"params": params}, bx, train=False)
+      losses = optax.softmax_cross_entropy_with_integer_labels(logits, by)
+      correct = jnp.argmax(logits, -1) == by
+      return jnp.sum(jnp.where(bv, losses, 0.0)), jnp.sum(correct & bv)
+
+    loss_sums, correct = jax.lax.map(one, batches)
+    return jnp.sum(loss_sums) / n, jnp.sum(correct) / n
+
+  def evaluate(state: SimState, data: DeviceData) -> EvalMetrics:
+    test_loss, test_acc = dataset_metrics(state.master, data.test_x,
+                                          data.test_y)
+    train_loss, _ = dataset_metrics(state.master, data.train_eval_x,
+                                    data.train_eval_y)
+    return EvalMetrics(test_acc, test_loss, train_loss)
+
+  return evaluate
+
+
+class Simulation:
+  """A compiled simulation of one configuration over its seeds.
+
+  ``init_state`` builds the initial state (leading seed axis), ``run_rounds``
+  advances it by whole rounds in one jitted scan, ``evaluate`` scores the
+  master. ``run`` strings them together; experiment binaries drive them
+  directly to checkpoint between chunks.
+
+  With ``execution="sharded"`` the workers are laid over a 1-D mesh of
+  ``devices`` (default: every device JAX sees); k must be a multiple of their
+  number, checked here, before anything compiles.
+  """
+
+  def __init__(self, config: config_lib.SimConfig, data: data_lib.MNIST,
+               *, devices: Any = None):
+    self.engine = make_engine(config, devices=devices)
+    config = self.config = self.engine.config
+    self.method = config.method_spec
+    self.strategy = self.engine.strategy
+    self.mesh = self.engine.mesh
+    self.seeds = np.arange(config.seed, config.seed + config.num_seeds)
+    self.model = self.engine.model
+    self.optimizer = self.engine.optimizer
+    self.policy = self.engine.policy
+    self.failure_model = self.engine.failure_model
+
+    n_train = int(data.train_images.shape[0])
+    check_data(config, data)
+    # Each seed draws its own overlap partition (§4), like a fresh run would.
+    self.worker_idx = np.stack([
+        partition.label_skew_partition(data.train_labels, config.num_workers,
+                                       config.overlap_ratio,
+                                       config.label_skew, int(s))[1]
+        for s in self.seeds])
+    eval_idx = np.arange(n_train)
+    if 0 < config.train_eval_size < n_train:
+      eval_idx = np.sort(np.random.default_rng(0).choice(
+          n_train, config.train_eval_size, replace=False))
+    self.data = DeviceData(
+        jnp.asarray(data.train_images), jnp.asarray(data.train_labels),
+        jnp.asarray(data.test_images), jnp.asarray(data.test_labels),
+        jnp.asarray(data.train_images[eval_idx]),
+        jnp.asarray(data.train_labels[eval_idx]))
+    self._worker_idx = jnp.asarray(self.worker_idx)
+    self._chunks: dict[int, Callable[..., Any]] = {}
+    self._init = jax.jit(jax.vmap(make_init(self.engine)))
+    self._local_steps = make_local_steps(self.engine)
+    self._evaluate = jax.jit(jax.vmap(make_evaluate(self.engine),
+                                      in_axes=(0, None)))
+
+  def init_state(self) -> SimState:
+    """The initial state of every seed, stacked on a leading seed axis."""
+    state = self._init(jnp.asarray(self.seeds, jnp.uint32))
+    if self.mesh is not None:
+      state = jax.device_put(state, execution_lib.state_shardings(
+          state, self.mesh, self.config.num_workers, batch_dims=1))
+    return state
+
+  def local_steps(self, params, opt_state, key, worker_idx, num_steps):
+    """τ local steps of ONE worker, on this simulation's data (pure, jit-able).
+
+    The exact step the rounds run (``make_local_steps``), for runtimes that
+    run workers apart (``eahes_jax.ray_runtime``).
+
+    Args:
+      params: the worker's parameters (no worker axis).
+      opt_state: its local optimizer state.
+      key: its key for the round (``split(work_key, k)[j]`` in ``make_round``).
+      worker_idx: int (n_j,), its rows of the training set.
+      num_steps: int32 scalar; steps >= num_steps are no-ops.
+
+    Returns:
+      (params, opt_state, mean minibatch loss, non-finite bit mask).
+    """
+    return self._local_steps(params, opt_state, key, worker_idx, num_steps,
+                             self.data)
+
   def _chunk_fn(self, length: int) -> Callable[..., Any]:
     if length not in self._chunks:
-
-      def chunk(state, worker_idx, data):
-        state, metrics = jax.lax.scan(
-            lambda s, _: self._round(s, worker_idx, data),
-            self._constrain(state), None, length=length)
-        return self._constrain(state), metrics
-
-      self._chunks[length] = jax.jit(
-          jax.vmap(chunk, in_axes=(0, 0, None)), donate_argnums=0)
+      self._chunks[length] = jax.jit(make_chunk(self.engine, length),
+                                     donate_argnums=0)
     return self._chunks[length]
 
   def lower_rounds(self, state: SimState, num_rounds: int
@@ -500,35 +605,6 @@ class Simulation:
     state, metrics = self._chunk_fn(num_rounds)(state, self._worker_idx,
                                                 self.data)
     return state, jax.tree_util.tree_map(np.asarray, metrics)
-
-  # ----------------------------------------------------------- evaluation --
-  def _dataset_metrics(self, params, x, y):
-    """Loss and accuracy of ``params`` on (x, y), in fixed-size batches."""
-    bs = min(self.config.eval_batch_size, x.shape[0])
-    n = x.shape[0]
-    pad = (-n) % bs
-    x = jnp.concatenate([x, jnp.zeros((pad,) + x.shape[1:], x.dtype)])
-    y = jnp.concatenate([y, jnp.zeros((pad,), y.dtype)])
-    valid = jnp.arange(n + pad) < n
-    batches = (x.reshape((-1, bs) + x.shape[1:]), y.reshape(-1, bs),
-               valid.reshape(-1, bs))
-
-    def one(batch):
-      bx, by, bv = batch
-      logits = self.model.apply({"params": params}, bx, train=False)
-      losses = optax.softmax_cross_entropy_with_integer_labels(logits, by)
-      correct = jnp.argmax(logits, -1) == by
-      return jnp.sum(jnp.where(bv, losses, 0.0)), jnp.sum(correct & bv)
-
-    loss_sums, correct = jax.lax.map(one, batches)
-    return jnp.sum(loss_sums) / n, jnp.sum(correct) / n
-
-  def _evaluate_one(self, state: SimState, data: DeviceData) -> EvalMetrics:
-    test_loss, test_acc = self._dataset_metrics(state.master, data.test_x,
-                                                data.test_y)
-    train_loss, _ = self._dataset_metrics(state.master, data.train_eval_x,
-                                          data.train_eval_y)
-    return EvalMetrics(test_acc, test_loss, train_loss)
 
   def evaluate(self, state: SimState) -> EvalMetrics:
     """The master's test accuracy, test loss and training loss, per seed."""

@@ -284,32 +284,28 @@ def _check_study_record(out_dir: str, study: Study, source: str) -> None:
   scale = {f: getattr(first, f) for f in ("model", "rounds", "num_seeds",
                                           "seed", "eval_every",
                                           "train_eval_size")}
-  if os.path.exists(path):
-    try:
-      with open(path) as f:
-        old = json.load(f)
-      old_key = (old["study"], old["data_source"])
-    except (OSError, ValueError, KeyError, TypeError) as e:
-      raise results_folder.ResultsDirError(
-          f"{out_dir!r} has an unreadable {STUDY_FILE} ({e!r}); choose"
-          " another results folder") from None
+  old = results_folder.read_record(
+      path, lambda x: (isinstance(x, dict) and isinstance(x.get("study"), str)
+                       and isinstance(x.get("data_source"), str)),
+      "a study record")
+  if old is not None:
+    old_key = (old["study"], old["data_source"])
     if old_key != (study.name, source):
-      raise results_folder.ResultsDirError(
+      raise results_folder.FolderMismatchError(
           f"{out_dir!r} holds the study {old_key[0]!r} on {old_key[1]!r},"
           f" not {study.name!r} on {source!r}; refusing to mix, choose"
           " another results folder")
     old_scale = old.get("scale", scale)
     if old_scale != scale:
       fields = sorted(k for k in scale if old_scale.get(k) != scale[k])
-      raise results_folder.ResultsDirError(
+      raise results_folder.FolderMismatchError(
           f"{out_dir!r} holds the study {study.name!r} at another scale"
           f" (differs in: {', '.join(fields)}); refusing to mix, choose"
           " another results folder")
   record = {"study": study.name, "data_source": source, "scale": scale,
             "runs": [name for name, _ in study.runs],
             "readings": [dataclasses.astuple(r) for r in study.readings]}
-  with open(path, "w") as f:
-    json.dump(record, f, indent=2)
+  results_folder.write_json(path, record, indent=2)
 
 
 def read_study(out_dir: str) -> Study | None:

@@ -134,6 +134,13 @@ def _float_array(a: chex.Numeric) -> chex.Array:
   return a.astype(jnp.promote_types(a.dtype, jnp.float32))
 
 
+def _score_array(a: chex.Numeric, k: chex.Numeric) -> chex.Array:
+  """The scores as a float array, after checking a concrete threshold k."""
+  if _is_concrete_number(k):
+    checks.require(k < 0, "k", "< 0", k)
+  return _float_array(a)
+
+
 def h1(a: chex.Numeric, alpha: chex.Numeric, k: chex.Numeric) -> chex.Array:
   """The worker's pull toward the master as a function of the raw score (§V-B).
 
@@ -151,9 +158,7 @@ def h1(a: chex.Numeric, alpha: chex.Numeric, k: chex.Numeric) -> chex.Array:
   Returns:
     Array of the shape of `a`, at least float32.
   """
-  if _is_concrete_number(k) and not k < 0:
-    raise ValueError(f"k must be < 0, got {k!r}")
-  a = _float_array(a)
+  a = _score_array(a, k)
   # α + (1 − α)·a/k is the middle piece rearranged; with the end pieces taking
   # the closed boundaries (equal there by continuity), h1(k) = 1 and
   # h1(0) = α hold exactly in floating point, so a = 0 is exactly EASGD.
@@ -168,19 +173,10 @@ def h2(a: chex.Numeric, alpha: chex.Numeric, k: chex.Numeric) -> chex.Array:
           = α − (α/k) · a     if k ≤ a ≤ 0
           = α                 if a > 0
 
-  Continuous: h2(k) = 0, h2(0) = α. Elementwise in `a`.
-
-  Args:
-    a: raw scores, any shape.
-    alpha: the EASGD moving rate α in (0, 1].
-    k: the threshold, < 0 (the paper's k; not a worker count).
-
-  Returns:
-    Array of the shape of `a`, at least float32.
+  Continuous: h2(k) = 0, h2(0) = α. Elementwise in `a`; arguments and result
+  as in `h1`.
   """
-  if _is_concrete_number(k) and not k < 0:
-    raise ValueError(f"k must be < 0, got {k!r}")
-  a = _float_array(a)
+  a = _score_array(a, k)
   # α·(1 − a/k) is the middle piece rearranged; the end pieces take the closed
   # boundaries so that h2(k) = 0 and h2(0) = α hold exactly (see h1).
   mid = alpha * (1.0 - a / k)
