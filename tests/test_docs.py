@@ -70,3 +70,45 @@ def test_help_cites_only_files_in_the_repository():
     assert "shared/" not in out
     for path in re.findall(r"\b((?:docs|experiments)/[\w./-]+\.\w+)", out):
       assert (REPO / path).exists(), path
+
+
+def _library_modules():
+  return sorted(p.stem for p in (REPO / "eahes_jax").glob("*.py")
+                if p.stem != "__init__")
+
+
+def test_readme_module_table_names_every_module():
+  readme = (REPO / "README.md").read_text()
+  table = readme[readme.index("| module | what it holds |"):]
+  table = table[:table.index("\n\n")]
+  named = set(re.findall(r"`(\w+)\.py`", table))
+  assert named == set(_library_modules())
+
+
+def test_architecture_floors_hold_every_module_and_point_down():
+  """docs/architecture.md's floors name every module once, and no module
+  imports one from a higher floor or another module's private names."""
+  text = (REPO / "docs" / "architecture.md").read_text()
+  floors = {}
+  for line in text.splitlines():
+    m = re.match(r"\| (\d)\. [^|]+ \| ([^|]+) \|", line)
+    if m:
+      for name in re.findall(r"`(\w+)`", m.group(2)):
+        assert name not in floors, f"{name} is on two floors"
+        floors[name] = int(m.group(1))
+  assert set(floors) == set(_library_modules())
+  for name in floors:
+    source = (REPO / "eahes_jax" / f"{name}.py").read_text()
+    imported = set(re.findall(
+        r"^from eahes_jax(?:\.(\w+))? import (\w+)", source, re.M))
+    for module, what in imported:
+      target = module or what
+      assert floors.get(target, -1) <= floors[name], (
+          f"{name} (floor {floors[name]}) imports {target}")
+      assert not what.startswith("_"), f"{name} imports {target}.{what}"
+    # (NamedTuple's _asdict/_replace/_make are public API despite the _.)
+    private_use = re.findall(
+        r"\b(\w+_lib|\w+)\._(?!asdict|replace|make|fields)[a-z]\w*\(", source)
+    modules_used = {m for m in private_use if m in floors or
+                    m.removesuffix("_lib") in floors}
+    assert not modules_used, f"{name} calls private names of {modules_used}"
