@@ -263,7 +263,8 @@ def test_tfds_without_tensorflow_names_the_flag_and_the_extra(monkeypatch):
   monkeypatch.setattr(data, "tensorflow_installed", lambda: False)
   with pytest.raises(data.DataError) as info:
     experiment.load_data("tfds", None)
-  assert str(info.value).startswith("--data_source=tfds needs TensorFlow")
+  assert cli.flag_text(str(info.value)).startswith(
+      "--data_source=tfds needs TensorFlow")
   assert 'pip install -e ".[tfds]"' in str(info.value)
 
 
