@@ -319,8 +319,11 @@ def study_analyses(out_dir: str, runs: Sequence[str], window: int = 3
   out = {}
   for name in runs:
     run_dir = os.path.join(out_dir, "runs", name)
+    if not os.path.exists(os.path.join(run_dir, results_folder.METRICS_FILE)):
+      continue
+    series = load_series(run_dir)  # Read once: the files can be large.
     # A run that has not finished a round yet has nothing to analyse.
-    if (os.path.exists(os.path.join(run_dir, results_folder.METRICS_FILE))
-        and load_series(run_dir)):
-      out[name] = analyse_run(run_dir, window)
+    if series:
+      coeffs = results_folder.read_config(run_dir)["dw_coeffs"]
+      out[name] = analyse(series, coeffs, window)
   return out
