@@ -124,7 +124,8 @@ class _SignalCatcher:
     del frame
     if self.signum is not None:  # A second signal: stop at once.
       print(f"error: stopped by a second {signal.Signals(signum).name}"
-            " without saving; resuming continues from the last checkpoint",
+            " without saving; the last checkpoint is kept (resuming"
+            " continues from it)",
             file=sys.stderr, flush=True)
       sys.stdout.flush()
       # Not sys.exit: unwinding and interpreter teardown while XLA compiles

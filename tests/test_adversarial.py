@@ -348,7 +348,8 @@ def test_a_second_signal_during_the_first_compile_exits_cleanly(
   assert proc.returncode == 130, stderr
   lines = error_lines(stderr)
   assert lines == [f"error: stopped by a second {sig.name} without saving;"
-                   " --resume continues from the last checkpoint"], stderr
+                   " the last checkpoint is kept (resuming continues from"
+                   " it)"], stderr
 
 
 # ------------------------------------------- 7, 8, 9: one line, not a trace --
