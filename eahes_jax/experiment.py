@@ -34,14 +34,15 @@ from eahes_jax import tensorboard_log
 class Interrupted(RuntimeError):
   """SIGINT/SIGTERM arrived; a checkpoint was saved first."""
 
-  def __init__(self, signum: int, rounds_done: int, saved: bool):
+  def __init__(self, signum: int, rounds_done: int, saved: bool, *,
+               how_to_continue: str = "continue with `resume=True`"):
     self.signum = signum
     self.rounds_done = rounds_done
     self.saved = saved
     name = signal.Signals(signum).name
     super().__init__(
         f"stopped by {name} after {rounds_done} rounds;"
-        + (" checkpoint saved, continue with `resume=True`" if saved
+        + (f" checkpoint saved, {how_to_continue}" if saved
            else " no checkpoint (set `checkpoint_every` to keep progress)"))
 
 

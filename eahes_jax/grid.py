@@ -237,11 +237,18 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
     log(f"[{i + 1}/{len(runs)}] {name} ({time.perf_counter() - start:.0f}"
         " s in)")
     resume = os.path.exists(os.path.join(run_dir, results_folder.CONFIG_FILE))
-    summaries.append(experiment.run_experiment(
-        config, run_dir, data=data, checkpoint_every=checkpoint_every,
-        resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"),
-        tensorboard_dir=(os.path.join(run_dir, "tensorboard") if tensorboard
-                         else None)))
+    try:
+      summaries.append(experiment.run_experiment(
+          config, run_dir, data=data, checkpoint_every=checkpoint_every,
+          resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"),
+          tensorboard_dir=(os.path.join(run_dir, "tensorboard") if tensorboard
+                           else None)))
+    except experiment.Interrupted as e:
+      # A set of runs resumes by itself: the same call continues it.
+      raise experiment.Interrupted(
+          e.signum, e.rounds_done, e.saved,
+          how_to_continue=f"run the same command again: {name} resumes and"
+          " the completed runs are skipped") from None
   return summaries
 
 

@@ -100,3 +100,22 @@ def test_main_error_names_the_flag_once(capsys):
       "`out_dir` 'r' already holds this run; pass `resume=True`"))
   assert capsys.readouterr().err.strip() == (
       "error: --out_dir 'r' already holds this run; pass --resume")
+
+
+def test_an_interrupted_grid_says_how_a_grid_continues(monkeypatch, tmp_path):
+  # reproduce_paper has no --resume: its runs resume when it runs again.
+  from eahes_jax import experiment  # pylint: disable=g-import-not-at-top
+  from eahes_jax import grid  # pylint: disable=g-import-not-at-top
+  import signal  # pylint: disable=g-import-not-at-top
+
+  def interrupted(*args, **kwargs):
+    raise experiment.Interrupted(signal.SIGTERM, 7, True)
+
+  monkeypatch.setattr(experiment, "run_experiment", interrupted)
+  with pytest.raises(experiment.Interrupted) as e:
+    grid.run_configs([("EASGD_k2", config_lib.SimConfig(method="EASGD"))],
+                     str(tmp_path), data=object(), log=lambda s: None)
+  shown = cli.flag_text(str(e.value))
+  assert "--resume" not in shown
+  assert "run the same command again: EASGD_k2 resumes" in shown
+  assert e.value.rounds_done == 7 and e.value.saved
