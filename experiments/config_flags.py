@@ -46,18 +46,17 @@ def field_help() -> dict[str, str]:
   return {k: " ".join(v).replace("``", "") for k, v in out.items()}
 
 
-def _flag_kind(tp: Any) -> tuple[str, bool]:
-  """(kind, optional) of a field type: int, float, str or list."""
+def _flag_kind(tp: Any) -> str:
+  """The flag kind of a field type: bool, int, float, str or list (a tuple
+  of numbers). ``X | None`` is X's kind: a None default passes through the
+  flag unset, and the config resolves it."""
   args = typing.get_args(tp)
-  optional = type(None) in args
-  if optional:
+  if type(None) in args:
     tp = next(a for a in args if a is not type(None))
-  if tp is bool:
-    return "bool", optional
-  if tp in (int, float, str):
-    return tp.__name__, optional
+  if tp in (bool, int, float, str):
+    return tp.__name__
   if typing.get_origin(tp) is tuple:
-    return "list", optional
+    return "list"
   raise TypeError(f"no flag kind for a field of type {tp!r}")
 
 
@@ -87,7 +86,7 @@ def define_config_flags(
     name = field.name
     if name in skip:
       continue
-    kind, optional = _flag_kind(hints[name])
+    kind = _flag_kind(hints[name])
     text = docs.get(name, name)
     if name in notes:
       text = f"{text} {notes[name]}"
@@ -97,7 +96,8 @@ def define_config_flags(
       holder = flags.DEFINE_enum(name, default, list(choices[name]), text,
                                  **kwargs)
     elif kind == "list":
-      holder = flags.DEFINE_list(name, [f"{x:g}" for x in default], text,
+      # str, not a format: the flag's default parses back to the field's.
+      holder = flags.DEFINE_list(name, [str(x) for x in default], text,
                                  **kwargs)
     elif kind == "int":
       holder = flags.DEFINE_integer(name, default, text, **kwargs)
@@ -107,7 +107,6 @@ def define_config_flags(
       holder = flags.DEFINE_bool(name, default, text, **kwargs)
     else:
       holder = flags.DEFINE_string(name, default, text, **kwargs)
-    del optional  # None defaults pass through: the config resolves them.
     holders[name] = holder
   return holders
 
@@ -130,7 +129,7 @@ def config_from_flags(holders: Mapping[str, flags.FlagHolder],
   values = dict(fixed)
   for name, holder in holders.items():
     value = holder.value
-    if _flag_kind(hints[name])[0] == "list":
+    if _flag_kind(hints[name]) == "list":
       value = cli.parse_numbers(value, name)
     values[name] = value
   return config_lib.SimConfig(**values)
