@@ -311,7 +311,7 @@ def test_no_free_space_fails_before_anything_compiles(tmp_path, monkeypatch):
     raise AssertionError("a simulation was built for a refused run")
 
   monkeypatch.setattr(simulator, "Simulation", no_compile)
-  monkeypatch.setattr(experiment.shutil, "disk_usage",
+  monkeypatch.setattr(results_folder.shutil, "disk_usage",
                       lambda p: types.SimpleNamespace(
                           total=10 << 30, used=10 << 30, free=1 << 20))
   out = tmp_path / "full"
