@@ -168,9 +168,9 @@ class SimConfig:
   straggler_slowdown: float = 0.5
   # The exchange's order and the weighting policies (§5).
   exchange_order: str = "sequential"
-  dw_history: int = 3
-  dw_coeffs: tuple[float, ...] = (0.6, 0.3, 0.1)
-  dw_threshold: float = -3.0
+  dw_history: int = weighting.DEFAULT_P
+  dw_coeffs: tuple[float, ...] = weighting.DEFAULT_COEFFS
+  dw_threshold: float = weighting.DEFAULT_THRESHOLD
   dw_master_estimate: str = "exact"
   oracle_variant: str = "reset"
   # Seeds: run side by side, as one program.

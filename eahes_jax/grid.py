@@ -23,6 +23,7 @@ from eahes_jax import config as config_lib
 from eahes_jax import experiment
 from eahes_jax import methods
 from eahes_jax import results_folder
+from eahes_jax import weighting
 
 RUNS_DIR = "runs"
 GRID_FILE = "grid.json"
@@ -286,7 +287,7 @@ def _check_grid_record(out_dir: str, preset: Preset, source: str) -> None:
 # Dynamic weighting's p, c and k are not given by the paper (algorithms.md
 # §5); ``dynamic_weighting_sweep`` is the documented sweep that picked the
 # defaults in ``SimConfig``.
-DW_COEFFS = {1: (1.0,), 2: (0.7, 0.3), 3: (0.6, 0.3, 0.1)}
+DW_COEFFS = {1: (1.0,), 2: (0.7, 0.3), 3: weighting.DEFAULT_COEFFS}
 DW_THRESHOLDS = (-0.1, -0.3, -1.0, -3.0)
 
 
