@@ -64,6 +64,8 @@ class RunCurves:
     test_accuracy: (S, E) per seed.
     train_loss: (S, E) per seed (master's loss on the training subset).
     complete: whether the run finished.
+    wall_time_s: (S, E) seconds at each evaluation, for runs whose metrics
+      have the ``wall_time_s`` column (the Ray runtime's); else None.
   """
 
   name: str
@@ -74,6 +76,7 @@ class RunCurves:
   test_accuracy: np.ndarray
   train_loss: np.ndarray
   complete: bool
+  wall_time_s: np.ndarray | None = None
 
   @property
   def key(self) -> tuple[str, int, int, float]:
@@ -105,18 +108,23 @@ def load_run(run_dir: str) -> RunCurves | None:
     # Keep the rounds every seed has reached (a partial chunk has all seeds).
     acc = np.full((len(seeds), len(rounds)), np.nan)
     loss = np.full_like(acc, np.nan)
+    wall = np.full_like(acc, np.nan)
     si = {s: i for i, s in enumerate(seeds)}
     ri = {r: i for i, r in enumerate(rounds)}
     for r in rows:
       acc[si[r["seed"]], ri[r["round"]]] = r["test_accuracy"]
       loss[si[r["seed"]], ri[r["round"]]] = r["train_loss"]
+      if r.get("wall_time_s") is not None:
+        wall[si[r["seed"]], ri[r["round"]]] = r["wall_time_s"]
   except (KeyError, TypeError) as e:  # Rows that are not ours.
     what = f"a row lacks {e}" if isinstance(e, KeyError) else str(e)
     raise ValueError(f"{metrics_path}: not a metrics file ({what})") from None
   return RunCurves(os.path.basename(os.path.normpath(run_dir)),
                    record["config"], record.get("data_source", "?"),
                    np.asarray(seeds), np.asarray(rounds), acc, loss,
-                   results_folder.is_complete(run_dir))
+                   results_folder.is_complete(run_dir),
+                   # Seconds only where every evaluation has them.
+                   None if np.isnan(wall).any() else wall)
 
 
 def load_results(results_dir: str) -> list[RunCurves]:
@@ -319,6 +327,52 @@ def overlap_figure(runs: list[RunCurves], method: str = "EAHES-O",
   return fig
 
 
+def plot_time(runs: list[RunCurves], path: str) -> bool:
+  """Test accuracy against wall-clock seconds, one line per run.
+
+  Returns:
+    Whether a figure was written (False when no run has ``wall_time_s``).
+  """
+  fig = time_figure(runs)
+  if fig is None:
+    return False
+  fig.savefig(path, dpi=110)
+  return True
+
+
+def time_figure(runs: list[RunCurves]) -> figure_lib.Figure | None:
+  """The figure `plot_time` writes; None when no run has seconds.
+
+  Each run is a line (mean over its seeds of accuracy and of seconds at each
+  evaluation), labelled by its method, and by its folder too where methods
+  repeat; the x-axis is the run's own clock (the Ray runtime's master clock,
+  from the moment every worker was up).
+  """
+  timed = [run for run in order_runs(runs) if run.wall_time_s is not None]
+  if not timed:
+    return None
+  fig = _new_figure(6.5, 4.6)
+  ax = fig.subplots()
+  names = [run.key[0] for run in timed]
+  for i, run in enumerate(timed):
+    label = run.key[0] if names.count(run.key[0]) == 1 else (
+        f"{run.key[0]} ({run.name})")
+    kw = style(run.key[0], i)
+    step = max(1, len(run.eval_rounds) // _MARKERS_PER_CURVE)
+    kw.setdefault("markevery", (i % step, step))
+    kw.setdefault("markersize", 5)
+    ax.plot(np.nanmean(run.wall_time_s, axis=0),
+            np.nanmean(run.test_accuracy, axis=0), label=label, **kw)
+  ax.set_xlabel("wall-clock seconds")
+  ax.set_ylabel("test accuracy")
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=8)
+  fig.text(0.5, 0.005, caption(timed), ha="center", va="bottom",
+           fontsize=6.5, color="0.3", wrap=True)
+  fig.tight_layout(rect=(0, 0.05, 1, 1))
+  return fig
+
+
 def results_table(runs: list[RunCurves]) -> str:
   """Markdown: final test accuracy and training loss, mean ± sample std
   (ddof = 1) over seeds."""
@@ -336,8 +390,14 @@ def results_table(runs: list[RunCurves]) -> str:
   return "\n".join(lines) + "\n"
 
 
+TIME_FIGURE = "accuracy_vs_seconds.png"
+
+
 def make_figures(results_dir: str, out_dir: str | None = None) -> list[str]:
   """Writes Figures 3, 4, 5 (PNG) and results.md; returns the paths written.
+
+  Runs with wall-clock seconds (``wall_time_s``) also get ``TIME_FIGURE``,
+  test accuracy against seconds.
 
   Raises:
     FileNotFoundError: if ``results_dir`` holds no evaluated runs.
@@ -354,7 +414,8 @@ def make_figures(results_dir: str, out_dir: str | None = None) -> list[str]:
       ("figure4_test_accuracy.png",
        lambda p: plot_methods(runs, "test_accuracy", p)),
       ("figure5_training_loss.png",
-       lambda p: plot_methods(runs, "train_loss", p))):
+       lambda p: plot_methods(runs, "train_loss", p)),
+      (TIME_FIGURE, lambda p: plot_time(runs, p))):
     path = os.path.join(out_dir, name)
     if ok(path):
       written.append(path)

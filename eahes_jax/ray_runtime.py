@@ -28,6 +28,12 @@ freshest consistent state there is (the same the oracle's reset gives a
 rejoining worker). Each worker incarnation carries an epoch; the master rejects
 exchanges of a dead incarnation, so no round is logged twice.
 
+A killed master is restarted by Ray too when it checkpoints
+(``checkpoint_every``): it journals every state-changing call before applying
+it and saves its whole state with orbax every few exchanges, so the restarted
+process restores the newest checkpoint, replays the journal after it and is
+the master that died, bit for bit (``Master``).
+
 Ray is imported only by this module (``pip install -e ".[ray]"``).
 """
 
@@ -36,14 +42,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import pickle
+import shutil
+import signal
 import socket
+import struct
 import time
+import uuid
 from typing import Any, Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from eahes_jax import checkpoint
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import elastic
@@ -55,9 +67,11 @@ from eahes_jax import results_folder
 try:
   import ray  # pylint: disable=g-import-not-at-top
   from ray import exceptions as ray_exceptions  # pylint: disable=g-import-not-at-top
+  from ray.util import scheduling_strategies  # pylint: disable=g-import-not-at-top
 except ImportError:  # pragma: no cover - exercised by the binary's test
   ray = None
   ray_exceptions = None
+  scheduling_strategies = None
 
 INSTALL_HINT = 'pip install -e ".[ray]"'
 # A straggler's round takes 1 / (1 - straggler_slowdown) times as long,
@@ -149,14 +163,124 @@ def _eval_dict(evals: simulator.EvalMetrics) -> dict[str, float]:
           "train_loss": float(evals.train_loss[0])}
 
 
+class MasterJournal:
+  """The master's write-ahead journal: every state-changing call, in order.
+
+  Each record is ``(seq, method, args, now)``, pickled and length-prefixed,
+  appended and flushed before the call changes anything: a killed process
+  loses nothing that ``write`` returned for (the page cache survives it; a
+  machine crash would need an fsync, which the runtime does not model). The
+  journal is cut into segments, one per checkpoint: ``journal/<seq>.pkl``
+  holds the calls from the checkpoint at ``seq`` on, so a restore reads the
+  newest valid checkpoint and replays the records after it. A record torn by
+  a kill mid-write ends its segment.
+
+  Args:
+    directory: the master's checkpoint folder (the journal is a subfolder).
+  """
+
+  def __init__(self, directory: str):
+    self.directory = os.path.join(directory, "journal")
+    os.makedirs(self.directory, exist_ok=True)
+    self._file = None
+
+  def segments(self) -> list[int]:
+    """The first seq of every segment, oldest first."""
+    return sorted(int(name[:-4]) for name in os.listdir(self.directory)
+                  if name.endswith(".pkl") and name[:-4].isdigit())
+
+  def start_segment(self, seq: int, keep_from: int) -> None:
+    """Starts the segment of calls from ``seq`` on; drops segments that end
+    before ``keep_from`` (the oldest checkpoint kept)."""
+    if self._file is not None:
+      self._file.close()
+    # A segment already at ``seq`` holds nothing valid (a restore replayed
+    # everything whole up to ``seq``), at most a torn record: start afresh.
+    self._file = open(os.path.join(self.directory, f"{seq:09d}.pkl"), "wb")
+    starts = self.segments()
+    for start, nxt in zip(starts, starts[1:]):
+      if nxt <= keep_from:
+        os.remove(os.path.join(self.directory, f"{start:09d}.pkl"))
+
+  def append(self, record: tuple[Any, ...]) -> None:
+    blob = pickle.dumps(record, protocol=pickle.HIGHEST_PROTOCOL)
+    self._file.write(struct.pack("<Q", len(blob)) + blob)
+    self._file.flush()
+
+  def records(self, since: int) -> list[tuple[Any, ...]]:
+    """The whole records from seq ``since`` on, in order, up to a gap."""
+    out = []
+    for start in self.segments():
+      if start > since + len(out):
+        break  # A gap: what follows cannot be replayed onto this state.
+      path = os.path.join(self.directory, f"{start:09d}.pkl")
+      end = os.path.getsize(path)
+      with open(path, "rb") as f:
+        while True:
+          head = f.read(8)
+          if len(head) < 8:
+            break
+          size = struct.unpack("<Q", head)[0]
+          # A torn length can claim more than the file holds.
+          blob = f.read(size) if size <= end - f.tell() else b""
+          try:
+            record = pickle.loads(blob) if len(blob) == size else None
+          except Exception:  # pylint: disable=broad-except
+            record = None
+          if record is None:
+            break  # Torn by a kill mid-write: nothing after it was applied.
+          if record[0] == since + len(out):
+            out.append(record)
+    return out
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def worker_name(run_id: str, worker: int) -> str:
+  """The Ray actor name of a run's worker (the master kills by name)."""
+  return f"eahes-{run_id}-worker-{worker}"
+
+
 class Master:
   """The parameter server (run as a Ray actor; plain class for reading).
 
   Holds θ_m, one policy state per worker (``policy.init(1)``), the last round
   heard from each worker, each worker's incarnation epoch, and the log.
+
+  With ``checkpoint_dir`` the master survives its own death. Every call that
+  changes its state is journaled (``MasterJournal``) before it changes
+  anything, and every ``checkpoint_every`` exchanges the whole state (θ_m,
+  the policy states, the snapshots to evaluate, each worker's last reply, and
+  as JSON the log, the evaluations and each worker's last round and epoch) is
+  saved with orbax (``checkpoint.Checkpointer``). A master constructed where
+  either exists (Ray restarting the killed process with the same arguments)
+  restores the newest checkpoint that restores intact and replays the journal
+  after it: it is the state the killed process had, bit for bit. A worker
+  whose exchange was cut off by the death calls again; the restored master
+  answers that call from its last reply to the worker, so the exchange
+  happens once, on both sides.
+
+  Args:
+    config: the resolved config.
+    data: the dataset.
+    checkpoint_dir: the master's checkpoint folder (None: no recovery).
+    checkpoint_every: exchanges between checkpoints (with
+      ``checkpoint_dir``).
+    kills: (worker, round) pairs: kill that worker's process right after
+      applying its exchange of that round, before the reply reaches it.
+    kill_master: rounds: kill this process (SIGKILL, as ``kill -9`` from
+      outside would) right after applying the first exchange of each, before
+      any checkpoint or reply.
+    run_id: the run's actor names (``worker_name``), for ``kills``.
   """
 
-  def __init__(self, config: config_lib.SimConfig, data: data_lib.MNIST):
+  def __init__(self, config: config_lib.SimConfig, data: data_lib.MNIST, *,
+               checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+               kills: Sequence[tuple[int, int]] = (),
+               kill_master: Sequence[int] = (), run_id: str = ""):
     self.config = config
     self.sim = simulator.Simulation(config, data)
     self._template = self.sim.init_state()
@@ -167,50 +291,151 @@ class Master:
     self._oracle = config.method_spec.weighting == "oracle"
     self.policy_states = [policy.init(1) for _ in range(k)]
     self._policy_update = jax.jit(policy.update)
-    self._exchange = jax.jit(_exchange_one)
+    self._elastic = jax.jit(_exchange_one)
     self.last_round = [0] * k
     self.epochs = [0] * k
+    self._tokens: list[str | None] = [None] * k
+    # Each worker's last exchange (round, epoch) and the reply it was sent.
+    self._replies: list[tuple[int, int, Any] | None] = [None] * k
     self.log: list[dict[str, Any]] = []
     self.rejected = 0
-    self._workers: list[Any] = []
-    self._kills: set[tuple[int, int]] = set()
-    self.t0 = time.perf_counter()
-    self.evals = [dict(round=0, wall_time_s=0.0,
-                       **self._evaluate(self.params))]
+    self.restarts = 0
+    self.seq = 0  # state-changing calls applied (the journal's position)
+    self._kills = {tuple(x) for x in kills}
+    self._kill_master = set(kill_master)
+    self._run_id = run_id
+    self.t0 = time.time()
     self._snapshots: list[tuple[int, float, Any]] = []
     self._next_eval = min(config.eval_every, config.rounds)
+    self._every = checkpoint_every
+    self._ckpt = self._journal = None
+    self.evals: list[dict[str, Any]] = []
+    restarted = False
+    if checkpoint_dir is not None:
+      self._ckpt = checkpoint.Checkpointer(checkpoint_dir)
+      self._journal = MasterJournal(checkpoint_dir)
+      restarted = bool(self._ckpt.rounds() or self._journal.segments())
+      if restarted:
+        self._restore()
+    if not self.evals:  # fresh, or killed before its first checkpoint
+      self.evals = [dict(round=0, wall_time_s=0.0,
+                         **self._evaluate(self.params))]
+    if self._journal is not None:
+      self._journal.start_segment(self.seq, keep_from=min(
+          self._ckpt.rounds(), default=0))
+      if restarted:
+        self._journaled("restored")
 
   def _evaluate(self, params: Any) -> dict[str, float]:
     state = self._template._replace(master=jax.tree_util.tree_map(
         lambda x: x[None], params))
     return _eval_dict(self.sim.evaluate(state))
 
-  def start_clock(self, workers: Sequence[Any] = (),
-                  kills: Sequence[tuple[int, int]] = ()) -> None:
-    """Wall-clock zero: call once every worker is up and compiled.
+  # -- the journal and the checkpoint -------------------------------------
 
-    Args:
-      workers: the workers' actor handles (for ``kills``).
-      kills: (worker, round) pairs: kill that worker's process right after
-        applying its exchange of that round, before the reply reaches it.
+  def _journaled(self, method: str, *args):
+    """Journals the call, then applies it (``_<method>``)."""
+    now = time.time()
+    if self._journal is not None:
+      self._journal.append((self.seq, method, jax.device_get(args), now))
+    self.seq += 1
+    return getattr(self, "_" + method)(*args, now=now, live=True)
+
+  def _arrays(self) -> dict[str, Any]:
+    """The state's arrays, in shapes fixed by the config (orbax restores
+    into a like-shaped tree): snapshots and replies padded with zeros."""
+    zeros = jax.tree_util.tree_map(jnp.zeros_like, self.params)
+    cfg = self.config
+    most = max(1, -(-cfg.rounds // cfg.eval_every))
+    snaps = [s[2] for s in self._snapshots] + [zeros] * (
+        most - len(self._snapshots))
+    replies = [r[2] if r is not None else zeros for r in self._replies]
+    return dict(params=self.params, policy=list(self.policy_states),
+                snapshots=_stack(snaps), replies=_stack(replies))
+
+  def _record(self) -> dict[str, Any]:
+    """The state's JSON part."""
+    return dict(
+        config=_json(self.config.to_dict()), seq=self.seq,
+        last_round=self.last_round, epochs=self.epochs, tokens=self._tokens,
+        replies=[r[:2] if r is not None else None for r in self._replies],
+        log=self.log, rejected=self.rejected, restarts=self.restarts,
+        t0=self.t0, evals=self.evals,
+        snapshots=[s[:2] for s in self._snapshots], next_eval=self._next_eval)
+
+  def _save(self) -> None:
+    self._ckpt.save(self._arrays(), checkpoint.Progress(
+        rounds_done=self.seq, metrics_rows=len(self.log), metrics_bytes=0),
+                    record=self._record())
+    self._journal.start_segment(self.seq, keep_from=min(self._ckpt.rounds()))
+
+  def _check_record(self, record: dict[str, Any] | None) -> None:
+    if record is None or record.get("config") != _json(
+        self.config.to_dict()):
+      raise config_lib.ConfigError(
+          f"the master checkpoint in {self._ckpt.directory} is of another"
+          " run's config", "checkpoint_every")
+
+  def _restore(self) -> None:
+    """The newest intact checkpoint, then the journal after it."""
+    try:
+      arrays, progress = self._ckpt.restore(self._arrays(),
+                                            check_record=self._check_record)
+    except FileNotFoundError:  # killed before its first checkpoint
+      pass
+    else:
+      rec = self._ckpt.record(progress.rounds_done)
+      self.params = arrays["params"]
+      self.policy_states = list(arrays["policy"])
+      for name in ("seq", "last_round", "epochs", "log", "rejected",
+                   "restarts", "t0", "evals"):
+        setattr(self, name, rec[name])
+      self._tokens, self._next_eval = rec["tokens"], rec["next_eval"]
+      self._snapshots = [(r, w, _pick(arrays["snapshots"], i))
+                         for i, (r, w) in enumerate(rec["snapshots"])]
+      self._replies = [None if m is None
+                       else (*m, _pick(arrays["replies"], j))
+                       for j, m in enumerate(rec["replies"])]
+    for seq, method, args, now in self._journal.records(self.seq):
+      self.seq = seq + 1
+      getattr(self, "_" + method)(*args, now=now, live=False)
+
+  def _restored(self, *, now: float, live: bool) -> None:
+    del now, live
+    self.restarts += 1
+
+  # -- the calls ------------------------------------------------------------
+
+  def start_clock(self) -> None:
+    """Wall-clock zero: call once every worker is up and compiled."""
+    self._journaled("start_clock")
+
+  def _start_clock(self, *, now: float, live: bool) -> None:
+    del live
+    self.t0 = now
+
+  def rejoin(self, worker: int, token: str = ""):
+    """A worker (re)starts: (θ_m, its next round (1-based), its epoch).
+
+    ``token`` names the worker process: a call repeated by the same process
+    (its first reached a master that died) gets the same epoch.
     """
-    self._workers = list(workers)
-    self._kills = {tuple(x) for x in kills}
-    self.t0 = time.perf_counter()
+    return self._journaled("rejoin", worker, token)
 
-  def rejoin(self, worker: int):
-    """A worker (re)starts: (θ_m, its next round (1-based), its epoch)."""
-    self.epochs[worker] += 1
+  def _rejoin(self, worker: int, token: str, *, now: float, live: bool):
+    del now, live
+    if not token or token != self._tokens[worker]:
+      self.epochs[worker] += 1
+      self._tokens[worker] = token
     return self.params, self.last_round[worker] + 1, self.epochs[worker]
 
-  def _heard(self, worker: int, round_: int) -> None:
+  def _heard(self, worker: int, round_: int, now: float) -> None:
     self.last_round[worker] = max(self.last_round[worker], round_)
     done = min(self.last_round)
     while self._next_eval and done >= self._next_eval:
       # A snapshot now, evaluated at the end: evaluating here would hold up
       # every worker's exchange and distort the clock.
-      self._snapshots.append((self._next_eval,
-                              time.perf_counter() - self.t0, self.params))
+      self._snapshots.append((self._next_eval, now - self.t0, self.params))
       nxt = self._next_eval + self.config.eval_every
       self._next_eval = (min(nxt, self.config.rounds)
                          if self._next_eval < self.config.rounds else 0)
@@ -219,9 +444,18 @@ class Master:
                loss: float):
     """One elastic exchange (eqs. 12-13), atomic; the worker's new params.
 
-    Returns None (and logs nothing) for a dead incarnation's call.
+    Returns None (and logs nothing) for a dead incarnation's call or a round
+    already applied, except the worker's last exchange, whose reply is sent
+    again (the worker calls again when a master death cut off the reply).
     """
+    return self._journaled("exchange", worker, round_, epoch, params, loss)
+
+  def _exchange(self, worker: int, round_: int, epoch: int, params: Any,
+                loss: float, *, now: float, live: bool):
     if epoch != self.epochs[worker] or round_ <= self.last_round[worker]:
+      last = self._replies[worker]
+      if last is not None and tuple(last[:2]) == (round_, epoch):
+        return last[2]
       self.rejected += 1
       return None
     state = self.policy_states[worker]
@@ -236,33 +470,55 @@ class Master:
         jax.tree_util.tree_map(lambda x: x[None], params), self.params,
         jnp.ones((1,), bool)))
     self.policy_states[worker] = state
-    new_worker, self.params, dist_after = self._exchange(
+    new_worker, self.params, dist_after = self._elastic(
         params, self.params, weights.h_worker, weights.h_master)
     self.log.append(dict(
         seq=len(self.log), kind="exchange", worker=worker, round=round_,
-        epoch=epoch, wall_time_s=time.perf_counter() - self.t0,
+        epoch=epoch, wall_time_s=now - self.t0,
         loss=float(loss), h_worker=float(weights.h_worker[0]),
         h_master=float(weights.h_master[0]), score=float(weights.score[0]),
         log_distance=float(weights.log_distance[0]),
         log_distance_after=float(dist_after)))
-    self._heard(worker, round_)
+    self._replies[worker] = (round_, epoch, new_worker)
+    self._heard(worker, round_, now)
+    if not live:
+      return new_worker
+    if round_ in self._kill_master and sum(
+        e["kind"] == "exchange" and e["round"] == round_
+        for e in self.log) == 1:
+      # Journaled and applied; not checkpointed, not replied.
+      os.kill(os.getpid(), signal.SIGKILL)
     if (worker, round_) in self._kills:
       self._kills.discard((worker, round_))
-      ray.kill(self._workers[worker], no_restart=False)
+      ray.kill(ray.get_actor(worker_name(self._run_id, worker)),
+               no_restart=False)
+    if self._every and sum(e["kind"] == "exchange"
+                           for e in self.log) % self._every == 0:
+      self._save()
     return new_worker
 
   def report_crash(self, worker: int, round_: int, epoch: int) -> None:
     """A worker about to die at ``round_`` (a scheduled crash)."""
-    if epoch == self.epochs[worker]:
+    self._journaled("report_crash", worker, round_, epoch)
+
+  def _report_crash(self, worker: int, round_: int, epoch: int, *,
+                    now: float, live: bool) -> None:
+    del live
+    if epoch == self.epochs[worker] and round_ > self.last_round[worker]:
       self.log.append(dict(seq=len(self.log), kind="crash", worker=worker,
                            round=round_, epoch=epoch,
-                           wall_time_s=time.perf_counter() - self.t0))
-      self._heard(worker, round_)
+                           wall_time_s=now - self.t0))
+      self._heard(worker, round_, now)
 
   def worker_done(self, worker: int, epoch: int) -> None:
     """A worker finished its last round (whose exchange may have dropped)."""
+    self._journaled("worker_done", worker, epoch)
+
+  def _worker_done(self, worker: int, epoch: int, *, now: float,
+                   live: bool) -> None:
+    del live
     if epoch == self.epochs[worker]:
-      self._heard(worker, self.config.rounds)
+      self._heard(worker, self.config.rounds, now)
 
   def progress(self) -> tuple[list[int], int]:
     """(last round heard per worker, exchanges logged)."""
@@ -274,17 +530,28 @@ class Master:
   def finish(self) -> dict[str, Any]:
     """The log, the evaluations (the last round's forced) and θ_m."""
     done = min(self.last_round)
-    if not self._snapshots or self._snapshots[-1][0] != done:
-      self._snapshots.append((done, time.perf_counter() - self.t0,
-                              self.params))
-    for round_, wall, params in self._snapshots:
-      if round_ > 0:
-        self.evals.append(dict(round=round_, wall_time_s=wall,
-                               **self._evaluate(params)))
-    self._snapshots = []
-    return dict(log=list(self.log), evals=list(self.evals),
-                rejected=self.rejected, params=self.params,
-                epochs=list(self.epochs))
+    snapshots = list(self._snapshots)
+    if not snapshots or snapshots[-1][0] != done:
+      snapshots.append((done, time.time() - self.t0, self.params))
+    evals = list(self.evals) + [
+        dict(round=round_, wall_time_s=wall, **self._evaluate(params))
+        for round_, wall, params in snapshots if round_ > 0]
+    return dict(log=list(self.log), evals=evals, rejected=self.rejected,
+                params=self.params, epochs=list(self.epochs),
+                master_restarts=self.restarts)
+
+
+def _stack(trees: Sequence[Any]) -> Any:
+  return jax.tree_util.tree_map(lambda *x: jnp.stack(x), *trees)
+
+
+def _pick(tree: Any, i: int) -> Any:
+  return jax.tree_util.tree_map(lambda x: x[i], tree)
+
+
+def _json(value: Any) -> Any:
+  """``value`` as it reads back from JSON (tuples become lists)."""
+  return json.loads(json.dumps(value))
 
 
 def _exchange_one(worker, master, h_worker, h_master):
@@ -297,21 +564,49 @@ def _exchange_one(worker, master, h_worker, h_master):
   return jax.tree_util.tree_map(lambda x: x[0], workers), master, dist
 
 
+def _call(method: Any, *args, timeout: float | None = None,
+          retry_s: float = 0.0) -> Any:
+  """``ray.get(method.remote(*args))``, called again while its actor restarts.
+
+  A call that meets the actor's death fails; one made while Ray restarts it
+  waits for the new process.
+
+  Args:
+    method: an actor's method.
+    *args: its arguments.
+    timeout: seconds in all, retries included (None: none).
+    retry_s: how long after the first try to call a dead actor again (0: do
+      not).
+  """
+  start = time.perf_counter()
+  while True:
+    left = (None if timeout is None
+            else max(timeout - (time.perf_counter() - start), 0.0))
+    try:
+      return ray.get(method.remote(*args), timeout=left)
+    except (ray_exceptions.RayActorError,
+            ray_exceptions.ActorUnavailableError):
+      if time.perf_counter() - start > retry_s:
+        raise
+      time.sleep(0.1)
+
+
 class Worker:
   """One worker (run as a Ray actor): τ local steps, then one exchange."""
 
   def __init__(self, worker: int, config: config_lib.SimConfig,
                data: data_lib.MNIST, master: Any, plan: Plan,
-               exchange_timeout_s: float):
+               exchange_timeout_s: float, master_retry_s: float = 0.0):
     self.id = worker
     self.config = config
     self.master = master
     self.plan = plan
     self.timeout = exchange_timeout_s
+    self.retry_s = master_retry_s
     self.sim = simulator.Simulation(config, data)
     self.idx = jnp.asarray(self.sim.worker_idx[0][worker])
-    self.params, self.round, self.epoch = ray.get(
-        master.rejoin.remote(worker))
+    self.params, self.round, self.epoch = _call(
+        master.rejoin, worker, uuid.uuid4().hex, retry_s=master_retry_s)
     self.opt_state = self.sim.optimizer.init(self.params)
     tau = jnp.int32(config.comm_period)
     # Compile now, so the clock measures training, not XLA.
@@ -331,7 +626,7 @@ class Worker:
     connected = bool(self.plan.connected[r - 1, j])
     steps = int(self.plan.local_steps[r - 1, j])
     if cfg.failure_mode == "crash" and not connected and steps == 0:
-      ray.get(self.master.report_crash.remote(j, r, self.epoch))
+      _call(self.master.report_crash, j, r, self.epoch, retry_s=self.retry_s)
       os._exit(1)  # a real crash: Ray restarts the process.
     start = time.perf_counter()
     self.params, self.opt_state, loss, bad = self._steps(
@@ -359,10 +654,11 @@ class Worker:
     else:
       start = time.perf_counter()
       try:
-        new = ray.get(self.master.exchange.remote(j, r, self.epoch,
-                                                  self.params, self._loss),
-                      timeout=self.timeout)
-      except (ray_exceptions.GetTimeoutError, ray_exceptions.RayActorError):
+        # A master that Ray restarts answers the same call again.
+        new = _call(self.master.exchange, j, r, self.epoch, self.params,
+                    self._loss, timeout=self.timeout, retry_s=self.retry_s)
+      except (ray_exceptions.GetTimeoutError, ray_exceptions.RayActorError,
+              ray_exceptions.ActorUnavailableError):
         new = None
       record["exchange_s"] = time.perf_counter() - start
       if new is None:
@@ -377,7 +673,7 @@ class Worker:
     while self.round <= self.config.rounds:
       self.local()
       self.exchange()
-    ray.get(self.master.worker_done.remote(self.id, self.epoch))
+    _call(self.master.worker_done, self.id, self.epoch, retry_s=self.retry_s)
     return self.records
 
   def get_params(self) -> Any:
@@ -399,6 +695,8 @@ class Result:
     restarts: per worker, how many times its process was restarted.
     rejected: exchanges the master rejected (dead incarnations').
     wall_time_s: seconds from the clock's start to the end.
+    master_restarts: how many times the master's process was restarted
+      (and restored from its checkpoint and journal).
   """
 
   config: config_lib.SimConfig
@@ -410,6 +708,7 @@ class Result:
   restarts: list[int]
   rejected: int
   wall_time_s: float
+  master_restarts: int = 0
 
 
 def connect(address: str | None = None) -> None:
@@ -445,8 +744,49 @@ def connect(address: str | None = None) -> None:
         f" {str(e).splitlines()[0]}") from None
 
 
+def check_runtime_args(config: config_lib.SimConfig, *, ordered: bool = False,
+                       kills: Sequence[tuple[int, int]] = (),
+                       checkpoint_dir: str | None = None,
+                       checkpoint_every: int = 0,
+                       kill_master: Sequence[int] = ()) -> None:
+  """Raises a ``ConfigError`` naming the argument the runtime cannot take."""
+  if ordered and config.failure_mode == "crash":
+    raise config_lib.ConfigError(
+        "failure_mode must be 'disconnect' with ordered=True, got 'crash'",
+        "failure_mode")
+  if ordered and kills:
+    raise config_lib.ConfigError(
+        f"kill_worker must be empty with ordered=True, got {list(kills)}",
+        "kill_worker")
+  for worker, _ in kills:
+    if not 0 <= worker < config.num_workers:
+      raise config_lib.ConfigError(
+          f"kill_worker must name workers 0..{config.num_workers - 1}, got"
+          f" {worker}", "kill_worker")
+  if checkpoint_every < 0:
+    raise config_lib.ConfigError(
+        f"checkpoint_every must be >= 0, got {checkpoint_every}",
+        "checkpoint_every")
+  if checkpoint_every and checkpoint_dir is None:
+    raise config_lib.ConfigError(
+        "checkpoint_every needs a checkpoint folder (checkpoint_dir)",
+        "checkpoint_every")
+  if kill_master and not checkpoint_every:
+    raise config_lib.ConfigError(
+        "kill_master needs checkpoint_every > 0 (a master without a"
+        f" checkpoint cannot recover), got kill_master={list(kill_master)}",
+        "kill_master")
+  for round_ in kill_master:
+    if not 1 <= round_ <= config.rounds:
+      raise config_lib.ConfigError(
+          f"kill_master must name rounds 1..{config.rounds}, got {round_}",
+          "kill_master")
+
+
 def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
         ordered: bool = False, kills: Sequence[tuple[int, int]] = (),
+        checkpoint_dir: str | None = None, checkpoint_every: int = 0,
+        kill_master: Sequence[int] = (),
         exchange_timeout_s: float = 120.0, max_restarts: int = 100,
         restart_timeout_s: float = 600.0,
         callback: Callable[[list[int], int], None] | None = None) -> Result:
@@ -462,10 +802,20 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
       Ray restarts it) right when the master has applied its exchange of
       ``round``, before the reply reaches it: the exchange is logged, the
       worker never sees it. Asynchronous runs only.
+    checkpoint_dir: the master's checkpoint folder (emptied first); with
+      ``checkpoint_every`` Ray restarts a killed master, which restores
+      from it (``Master``).
+    checkpoint_every: exchanges between the master's checkpoints (0: no
+      checkpoint, and a killed master ends the run).
+    kill_master: rounds: the master's process is killed (SIGKILL) right
+      after applying the first exchange of each, before its reply or
+      checkpoint; Ray restarts it. Needs ``checkpoint_every``.
     exchange_timeout_s: a worker's exchange call that takes longer counts as
       dropped.
-    max_restarts: restarts Ray allows each worker process.
-    restart_timeout_s: how long a worker may stay down before the run fails.
+    max_restarts: restarts Ray allows each worker process (and the master's,
+      with ``checkpoint_every``).
+    restart_timeout_s: how long a worker (or the master) may stay down
+      before the run fails.
     callback: called about twice a second with (last round heard per worker,
       exchanges logged).
 
@@ -476,31 +826,41 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
     config.ConfigError: a config the runtime cannot run; names the field.
   """
   config = check_config(config)
-  if ordered and config.failure_mode == "crash":
-    raise config_lib.ConfigError(
-        "failure_mode must be 'disconnect' with ordered=True, got 'crash'",
-        "failure_mode")
-  if ordered and kills:
-    raise config_lib.ConfigError(
-        f"kill_worker must be empty with ordered=True, got {list(kills)}",
-        "kill_worker")
-  for worker, _ in kills:
-    if not 0 <= worker < config.num_workers:
-      raise config_lib.ConfigError(
-          f"kill_worker must name workers 0..{config.num_workers - 1}, got"
-          f" {worker}", "kill_worker")
+  check_runtime_args(config, ordered=ordered, kills=kills,
+                     checkpoint_dir=checkpoint_dir,
+                     checkpoint_every=checkpoint_every,
+                     kill_master=kill_master)
   if ray is None or not ray.is_initialized():
     raise RayUnavailableError("call ray_runtime.connect() first")
   k = config.num_workers
   plan = make_plan(simulator.Simulation(config, data))
   data_ref = ray.put(data)
-  master = ray.remote(num_cpus=0)(Master).remote(config, data_ref)
-  workers = [ray.remote(num_cpus=0, max_restarts=max_restarts)(Worker).remote(
-      j, config, data_ref, master, plan, exchange_timeout_s)
+  run_id = uuid.uuid4().hex[:12]
+  retry_s = restart_timeout_s if checkpoint_every else 0.0
+  if checkpoint_every:
+    # A fresh run: a checkpoint left here would be restored as this run's.
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)
+  # The master on the driver's node, so that its checkpoint folder is the
+  # one the driver names (a cluster's other nodes have their own disks).
+  master = ray.remote(
+      num_cpus=0, max_restarts=max_restarts if checkpoint_every else 0,
+      scheduling_strategy=scheduling_strategies.NodeAffinitySchedulingStrategy(
+          ray.get_runtime_context().get_node_id(), soft=False))(Master).remote(
+              config, data_ref,
+              checkpoint_dir=checkpoint_dir if checkpoint_every else None,
+              checkpoint_every=checkpoint_every, kills=list(kills),
+              kill_master=list(kill_master), run_id=run_id)
+  workers = [ray.remote(num_cpus=0, max_restarts=max_restarts)(Worker).options(
+      name=worker_name(run_id, j)).remote(
+          j, config, data_ref, master, plan, exchange_timeout_s, retry_s)
              for j in range(k)]
+
+  def ask(method: str) -> Any:
+    return _call(getattr(master, method), retry_s=retry_s)
+
   try:
     ray.get([w.ready.remote() for w in workers])
-    ray.get(master.start_clock.remote(workers, list(kills)))
+    ask("start_clock")
     start = time.perf_counter()
     records: list[list[dict[str, Any]]] = [[] for _ in range(k)]
     if ordered:
@@ -509,7 +869,7 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
         for j in plan.order[r]:
           ray.get(workers[int(j)].exchange.remote())
         if callback is not None:
-          callback(*ray.get(master.progress.remote()))
+          callback(*ask("progress"))
       for j, w in enumerate(workers):
         records[j] = ray.get(w.run.remote())
     else:
@@ -537,11 +897,11 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
           if time.perf_counter() >= when:
             del retry[j]
             pending[workers[j].run.remote()] = j
-        last, logged = ray.get(master.progress.remote())
+        last, logged = ask("progress")
         if callback is not None:
           callback(last, logged)
     wall = time.perf_counter() - start  # before the deferred evaluations
-    out = ray.get(master.finish.remote())
+    out = ask("finish")
     worker_params = ray.get([w.get_params.remote() for w in workers])
   finally:
     for actor in workers + [master]:
@@ -549,11 +909,13 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
   # Every process start (the first included) rejoined once.
   restarts = [e - 1 for e in out["epochs"]]
   return Result(config, out["params"], out["log"], out["evals"],
-                worker_params, records, restarts, out["rejected"], wall)
+                worker_params, records, restarts, out["rejected"], wall,
+                out["master_restarts"])
 
 
 LOG_FILE = "exchanges.jsonl"
 RUNTIME_FILE = "runtime.json"
+CHECKPOINT_DIR = "master_checkpoint"  # the master's orbax checkpoints
 
 
 def metrics_rows(result: Result) -> list[dict[str, Any]]:
@@ -622,6 +984,7 @@ def write_results(result: Result, out_dir: str, data_source: str, *,
   latency = [rec["exchange_s"] for rec in records if not rec["dropped"]]
   stats = {
       "restarts": result.restarts, "rejected": result.rejected,
+      "master_restarts": result.master_restarts,
       "exchanges": sum(e["kind"] == "exchange" for e in result.log),
       "crashes": sum(e["kind"] == "crash" for e in result.log),
       "dropped": sum(rec["dropped"] for rec in records),
@@ -650,14 +1013,23 @@ def write_results(result: Result, out_dir: str, data_source: str, *,
 def train(config: config_lib.SimConfig, out_dir: str, *, data_source: str,
           mnist_dir: str | None = None, ray_address: str | None = None,
           ordered: bool = False, kills: Sequence[tuple[int, int]] = (),
+          checkpoint_every: int = 0, kill_master: Sequence[int] = (),
           log: Callable[[str], None] = print) -> results_folder.RunSummary:
   """What ``experiments.train_distributed`` does: connect, run, write.
+
+  The master's checkpoint (with ``checkpoint_every``) goes to
+  ``out_dir/master_checkpoint``.
 
   Raises:
     RayUnavailableError: no Ray, or no cluster at ``ray_address``.
     config.ConfigError, data.DataError: as ``experiment.run_experiment``.
   """
   config = check_config(config)
+  checkpoint_dir = os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR))
+  check_runtime_args(config, ordered=ordered, kills=kills,
+                     checkpoint_dir=checkpoint_dir,
+                     checkpoint_every=checkpoint_every,
+                     kill_master=kill_master)
   connect(ray_address)
   data = experiment.load_data(data_source, mnist_dir)
   log(f"Ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g}"
@@ -681,9 +1053,13 @@ def train(config: config_lib.SimConfig, out_dir: str, *, data_source: str,
     log(f"round {done}/{config.rounds} (every worker): {logged} exchanges,"
         f" {rate:.2f} rounds/s, {eta}")
 
-  result = run(config, data, ordered=ordered, kills=kills, callback=progress)
+  result = run(config, data, ordered=ordered, kills=kills,
+               checkpoint_dir=checkpoint_dir,
+               checkpoint_every=checkpoint_every, kill_master=kill_master,
+               callback=progress)
   summary = write_results(result, out_dir, data.source, ordered=ordered)
   log(f"{summary.line()}; total {time.perf_counter() - start:.1f} s with"
-      f" start-up; restarts {result.restarts}")
+      f" start-up; restarts {result.restarts}, master restarts"
+      f" {result.master_restarts}")
   log(f"results in {out_dir}")
   return summary

@@ -7,7 +7,9 @@ folder from experiments.train). For the paper's grid it writes
 figure3_overlap.png, figure4_test_accuracy.png, figure5_training_loss.png
 (those the results allow), results.md (final test accuracy and training
 loss, mean ± sample std over seeds) and claims.md (the paper's claims as
-paired per-seed comparisons with 95 % t intervals). For a study folder
+paired per-seed comparisons with 95 % t intervals); runs whose metrics have
+wall-clock seconds (experiments.train_distributed's) also get
+accuracy_vs_seconds.png, test accuracy against seconds. For a study folder
 (reproduce_paper --study=...) it writes the study's table (<study>.md) and,
 for the mechanism study, mechanism_curves.png, mechanism_roc.png and
 mechanism_events.md.

@@ -8,7 +8,11 @@ Example (local Ray, no dashboard; 4 workers, dropped exchanges 1/3 of rounds):
 On a cluster (``ray start --head`` on one machine, ``ray start
 --address=HEAD:6379`` on the others) add ``--ray_address=auto`` on the head.
 The folder gets the simulator's config.json, metrics.jsonl (with wall_time_s)
-and summary.json, plus the master's exchanges.jsonl and runtime.json.
+and summary.json, plus the master's exchanges.jsonl and runtime.json. With
+--checkpoint_every=N the master checkpoints every N exchanges and journals
+every call in between (OUT_DIR/master_checkpoint), so a killed master is
+restarted by Ray and goes on from where it died (--kill_master=R kills it at
+round R, for tests and demos).
 """
 
 import sys
@@ -45,6 +49,16 @@ _KILL_WORKER = flags.DEFINE_list(
     "kill_worker", [],
     "worker:round pairs: kill that worker's process once the master heard"
     " that round from it (Ray restarts it).")
+_CHECKPOINT_EVERY = flags.DEFINE_integer(
+    "checkpoint_every", 0,
+    "Exchanges between the master's orbax checkpoints (in"
+    " OUT_DIR/master_checkpoint; every call is also journaled): a killed"
+    " master is restarted by Ray and restores. 0: no checkpoint, a killed"
+    " master ends the run.")
+_KILL_MASTER = flags.DEFINE_list(
+    "kill_master", [],
+    "Rounds: kill the master's process (SIGKILL) right after it applied the"
+    " first exchange of each (Ray restarts it; needs --checkpoint_every).")
 
 
 def main(argv):
@@ -60,12 +74,17 @@ def main(argv):
             f"kill_worker must be worker:round pairs, got {pair!r}",
             "kill_worker")
       kills.append((int(worker), int(round_)))
+    if not all(r.isdigit() for r in _KILL_MASTER.value):
+      raise config_lib.ConfigError(
+          f"kill_master must be rounds, got {','.join(_KILL_MASTER.value)!r}",
+          "kill_master")
     config = config_flags.config_from_flags(_CONFIG)
     out_dir = _OUT_DIR.value or experiment.default_out_dir(config) + "_ray"
     ray_runtime.train(config, out_dir, data_source=_DATA_SOURCE.value,
                       mnist_dir=_MNIST_DIR.value,
                       ray_address=_RAY_ADDRESS.value, ordered=_ORDERED.value,
-                      kills=kills)
+                      kills=kills, checkpoint_every=_CHECKPOINT_EVERY.value,
+                      kill_master=[int(r) for r in _KILL_MASTER.value])
   except cli.EXPECTED_ERRORS + (ray_runtime.RayUnavailableError,) as e:
     sys.exit(cli.main_error(e))
 

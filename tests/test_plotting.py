@@ -16,8 +16,10 @@ from eahes_jax import results_folder
 _METHODS = ("EASGD", "EAHES-O", "DEAHES-O")
 
 
-def _write_run(root, method, k, tau, seeds=3, rounds=20, eval_every=5):
-  """A results folder with made-up evaluations (no training)."""
+def _write_run(root, method, k, tau, seeds=3, rounds=20, eval_every=5,
+               seconds_per_round=None):
+  """A results folder with made-up evaluations (no training); with
+  ``seconds_per_round``, a ``wall_time_s`` column as the Ray runtime's."""
   config = config_lib.SimConfig(method=method, num_workers=k, comm_period=tau,
                                 rounds=rounds, eval_every=eval_every,
                                 num_seeds=seeds, model="mlp")
@@ -35,6 +37,8 @@ def _write_run(root, method, k, tau, seeds=3, rounds=20, eval_every=5):
                    test_accuracy=float(min(1, 0.1 + r / 30 * k / 4
                                            + 0.02 * rng.random())),
                    train_loss=float(2.3 / (1 + r * tau) + 0.01 * rng.random()))
+        if seconds_per_round is not None:
+          row["wall_time_s"] = r * seconds_per_round
         f.write(json.dumps(row) + "\n")
   return run_dir
 
@@ -103,6 +107,37 @@ def test_make_figures_writes_pngs(grid_runs, tmp_path):
   names = sorted(os.path.basename(p) for p in written)
   assert names == ["figure4_test_accuracy.png", "figure5_training_loss.png",
                    "results.md"]
+
+
+def test_accuracy_against_seconds_only_for_runs_with_seconds(tmp_path):
+  timed, untimed = tmp_path / "timed", tmp_path / "untimed"
+  for m, per_round in (("EASGD", 0.5), ("DEAHES-O", 2.0)):
+    _write_run(str(timed), m, 4, 1, seeds=1, seconds_per_round=per_round)
+    _write_run(str(untimed), m, 4, 1, seeds=1)
+  written = plotting.make_figures(str(timed), str(tmp_path / "f1"))
+  assert str(tmp_path / "f1" / plotting.TIME_FIGURE) in written
+  assert (tmp_path / "f1" / plotting.TIME_FIGURE).stat().st_size > 0
+  # The per-round figures are there as before.
+  assert str(tmp_path / "f1" / "figure4_test_accuracy.png") in written
+  written = plotting.make_figures(str(untimed), str(tmp_path / "f2"))
+  assert not any(plotting.TIME_FIGURE in p for p in written)
+  assert not (tmp_path / "f2" / plotting.TIME_FIGURE).exists()
+
+
+def test_time_figure_puts_each_run_at_its_own_seconds(tmp_path):
+  for m, per_round in (("EASGD", 0.5), ("DEAHES-O", 2.0)):
+    _write_run(str(tmp_path), m, 4, 1, seeds=1, seconds_per_round=per_round)
+  runs = plotting.load_results(str(tmp_path))
+  fig = plotting.time_figure(runs)
+  ax = fig.axes[0]
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  assert set(lines) == {"EASGD", "DEAHES-O"}
+  for run in runs:
+    line = lines[run.key[0]]
+    per_round = 0.5 if run.key[0] == "EASGD" else 2.0
+    np.testing.assert_allclose(line.get_xdata(), run.eval_rounds * per_round)
+    np.testing.assert_allclose(line.get_ydata(), run.test_accuracy[0])
+  assert ax.get_xlabel() == "wall-clock seconds"
 
 
 def test_importing_plotting_leaves_the_backend_alone():

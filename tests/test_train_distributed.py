@@ -42,3 +42,9 @@ def test_without_ray_names_the_extra(tmp_path):
   env["PYTHONPATH"] = f"{tmp_path}:{REPO}"
   line = _one_line(_run(env=env))
   assert '.[ray]' in line
+
+
+def test_kill_master_without_a_checkpoint_names_the_flag(tmp_path):
+  # Refused before Ray starts: a master without a checkpoint cannot recover.
+  line = _one_line(_run("--kill_master=1", f"--out_dir={tmp_path}"))
+  assert line.startswith("error: --kill_master") and "checkpoint_every" in line
