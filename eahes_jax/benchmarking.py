@@ -188,8 +188,10 @@ def flops_per_sample(sim: simulator.Simulation,
   count (checked by a test): the chunk's scans over rounds and over the τ
   local steps, and ``lax.map``'s loop over workers, each count one pass. So
   the chunk's FLOPs are one local step of ``workers_per_program`` workers on
-  a minibatch each, for every seed, plus the round's exchange (elementwise
-  over the parameters: negligible beside a step's matmuls).
+  a minibatch each, for every seed, plus the work per parameter of a step
+  and a round (optimizer, exchange, checks), here amortised over the batch:
+  for the CNNs at batch 64 under 1 % of the figure, for the 25k-parameter
+  mlp about 10 %.
 
   Args:
     sim: the simulation whose chunk was compiled.
