@@ -111,9 +111,11 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
   assert rows[1]["flops_per_sample"] > 1.5 * rows[0]["flops_per_sample"]
   assert result["environment"]["matmul_peak_gflops"] > 0
   printed = capsys.readouterr().out
-  header = next(line for line in printed.splitlines() if "ratio" in line)
+  header = next(line for line in printed.splitlines()
+                if line.startswith("model"))
   assert "sim smp/s" in header and "torch smp/s" in header
+  assert "ratio" in header
   for r in rows:
-    assert any(line.startswith("small_cnn") and r["method"] in line
+    assert any(line.startswith("small_cnn ") and r["method"] in line
                and f"{r['ratio']:.2f}" in line
                for line in printed.splitlines()), printed
