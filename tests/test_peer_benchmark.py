@@ -4,6 +4,7 @@ Skipped where PyTorch is absent (the optional extra
 ``pip install -e ".[torch]"``), except the checks that need no torch.
 """
 
+import importlib.util
 import json
 import math
 import os
@@ -12,7 +13,6 @@ import sys
 
 from absl import flags
 import jax
-import numpy as np
 import pytest
 
 from eahes_jax import benchmarking
@@ -23,7 +23,7 @@ from experiments import benchmark
 from tests.conftest import REPO
 
 needs_torch = pytest.mark.skipif(
-    __import__("importlib").util.find_spec("torch") is None,
+    importlib.util.find_spec("torch") is None,
     reason='PyTorch is an optional extra: pip install -e ".[torch]"')
 
 
@@ -47,8 +47,11 @@ def test_peer_rejects_what_it_does_not_have_before_running():
 @needs_torch
 @pytest.mark.parametrize("optimizer", ["sgd", "adahessian"])
 def test_sequential_peer_steps_then_exchanges_with_the_master(optimizer):
-  import torch  # pylint: disable=g-import-not-at-top
-  from eahes_jax import torch_peer  # pylint: disable=g-import-not-at-top
+  # pylint: disable=g-import-not-at-top
+  import torch
+  from eahes_jax import torch_crosscheck as tc
+  from eahes_jax import torch_peer
+  # pylint: enable=g-import-not-at-top
   data = data_lib.synthetic_mnist(64, 1, seed=0)
   params = models.init_params(models.get_model("small_cnn"),
                               jax.random.key(0))
@@ -66,7 +69,6 @@ def test_sequential_peer_steps_then_exchanges_with_the_master(optimizer):
               for m0, m in zip(initial, peer.master))
   assert moved > 1e-4
   # The initial weights are flax's, converted exactly.
-  from eahes_jax import torch_crosscheck as tc  # pylint: disable=g-import-not-at-top
   first = tc.flax_to_torch(params)
   for name, m0 in zip(tc.PARAM_NAMES, initial):
     assert torch.equal(first[name], m0), name
