@@ -196,31 +196,26 @@ def run_peer_benchmark(
   env = benchmarking.environment()
   env.update(benchmarking.matmul_peak_gflops(matmul_size))
   rows = []
-  pool = None
-  if isolate:
-    pool = concurrent.futures.ProcessPoolExecutor(
-        max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-        max_tasks_per_child=1)
-  try:
-    for case in cases:
-      try:
-        if pool is not None:
+  for case in cases:
+    try:
+      if isolate:
+        # One pool per case: a spawned process that ends with its case.
+        with concurrent.futures.ProcessPoolExecutor(
+            max_workers=1,
+            mp_context=multiprocessing.get_context("spawn")) as pool:
           row = pool.submit(_measure_pair_isolated, case,
                             torch_threads).result()
-        else:
-          row = measure_pair(case, torch_threads=torch_threads)
-      except ValueError as e:
-        row = {**dataclasses.asdict(case), "method": case.method,
-               "error": str(e)}
-      benchmarking.add_peak_fractions(
-          [row], env["matmul_peak_gflops"],
-          ("samples_per_s", "torch_samples_per_s"))
-      rows.append(row)
-      if progress is not None:
-        progress(row)
-  finally:
-    if pool is not None:
-      pool.shutdown()
+      else:
+        row = measure_pair(case, torch_threads=torch_threads)
+    except ValueError as e:
+      row = {**dataclasses.asdict(case), "method": case.method,
+             "error": str(e)}
+    benchmarking.add_peak_fractions(
+        [row], env["matmul_peak_gflops"],
+        ("samples_per_s", "torch_samples_per_s"))
+    rows.append(row)
+    if progress is not None:
+      progress(row)
   env["load_average_end"] = benchmarking.load_average()
   return {"environment": env, "rows": rows}
 
