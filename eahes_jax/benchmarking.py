@@ -32,6 +32,14 @@ process (``isolate=True``, the command line's default); in-process rows carry
 The AdaHessian/SGD step-cost ratio of a model × execution × k is the SGD
 case's samples/s over the AdaHessian case's: how many SGD rounds one
 AdaHessian round costs.
+
+How close to the machine's limit (issue 15): ``flops_per_sample`` is the
+training FLOPs of one local step per sample, from XLA's cost analysis of the
+compiled chunk (``Simulation.lower_rounds``), and ``matmul_peak_gflops`` times
+a large float32 matmul in the same invocation. A row's ``achieved_gflops`` is
+samples/s × FLOPs per sample, and ``peak_fraction`` that over the matmul's
+GFLOP/s: the share of what this machine's cores reach on the friendliest
+kernel there is.
 """
 
 from __future__ import annotations
@@ -49,6 +57,7 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
+import jax.numpy as jnp
 
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
@@ -145,18 +154,138 @@ def peak_memory() -> tuple[int | None, str]:
   return int(rss * scale), "process_peak_rss"
 
 
-def _program_bytes(sim: simulator.Simulation, state: simulator.SimState,
-                   rounds: int) -> int | None:
+def _program_bytes(compiled: jax.stages.Compiled) -> int | None:
   """Bytes XLA plans for the compiled chunk: arguments + outputs − aliased
   (donated) + temporaries; ``None`` where the backend does not say."""
   try:
-    # Lowering the cached jit again hits its compilation cache: no compile.
-    compiled = sim.lower_rounds(state, rounds).compile()
     m = compiled.memory_analysis()
     return int(m.argument_size_in_bytes + m.output_size_in_bytes
                - m.alias_size_in_bytes + m.temp_size_in_bytes)
   except Exception:  # pylint: disable=broad-except
     return None
+
+
+def workers_per_program(sim: simulator.Simulation) -> int:
+  """How many workers' local steps one pass of the chunk's loop body holds.
+
+  ``map`` runs one worker per iteration of a loop; ``vmap`` all k at once;
+  ``sharded`` the k / (mesh size) workers of one device (the cost analysis
+  is of one device's program).
+  """
+  k = sim.config.num_workers
+  if sim.strategy == "map":
+    return 1
+  if sim.strategy == "sharded":
+    return k // sim.mesh.size
+  return k
+
+
+def flops_per_sample(sim: simulator.Simulation,
+                     compiled: jax.stages.Compiled) -> float | None:
+  """Training FLOPs of one local step per sample, from XLA's cost analysis.
+
+  XLA's cost analysis counts the body of a loop once, whatever its trip
+  count (checked by a test): the chunk's scans over rounds and over the τ
+  local steps, and ``lax.map``'s loop over workers, each count one pass. So
+  the chunk's FLOPs are one local step of ``workers_per_program`` workers on
+  a minibatch each, for every seed, plus the work per parameter of a step
+  and a round (optimizer, exchange, checks), here amortised over the batch:
+  for the CNNs at batch 64 under 1 % of the figure, for the 25k-parameter
+  mlp about 10 %.
+
+  Args:
+    sim: the simulation whose chunk was compiled.
+    compiled: ``sim.lower_rounds(state, rounds).compile()``.
+
+  Returns:
+    FLOPs per training sample, or ``None`` where the backend does not say.
+  """
+  try:
+    cost = compiled.cost_analysis()
+  except Exception:  # pylint: disable=broad-except
+    return None
+  # Older jax returned one dict per program.
+  if isinstance(cost, (list, tuple)):
+    cost = cost[0] if cost else None
+  flops = (cost or {}).get("flops")
+  if not flops or flops <= 0:
+    return None
+  cfg = sim.config
+  return float(flops) / (workers_per_program(sim) * cfg.batch_size
+                         * cfg.num_seeds)
+
+
+def chunk_analysis(sim: simulator.Simulation, state: simulator.SimState,
+                   rounds: int) -> dict[str, Any]:
+  """``program_bytes`` and ``flops_per_sample`` of a chunk ``run_rounds``
+  has run (lowering the cached jit again hits its cache: no compile)."""
+  try:
+    compiled = sim.lower_rounds(state, rounds).compile()
+  except Exception:  # pylint: disable=broad-except
+    return {"program_bytes": None, "flops_per_sample": None}
+  return {"program_bytes": _program_bytes(compiled),
+          "flops_per_sample": flops_per_sample(sim, compiled)}
+
+
+def matmul_peak_gflops(n: int = 3072, repeats: int = 5) -> dict[str, Any]:
+  """GFLOP/s of a large float32 matmul on the default device: the peak.
+
+  An (n, n) @ (n, n) float32 ``jnp.dot``, jitted, run once to compile and
+  warm up, then timed ``repeats`` times; the best call counts (2·n³ FLOPs),
+  since load from other processes only ever slows a call down.
+
+  Args:
+    n: the matrices' size.
+    repeats: timed calls.
+
+  Returns:
+    ``{"matmul_peak_gflops", "matmul_n", "matmul_all_gflops"}``.
+  """
+  ka, kb = jax.random.split(jax.random.key(0))
+  a = jax.random.normal(ka, (n, n), jnp.float32)
+  b = jax.random.normal(kb, (n, n), jnp.float32)
+  dot = jax.jit(jnp.dot)
+  jax.block_until_ready(dot(a, b))
+  rates = []
+  for _ in range(repeats):
+    start = time.perf_counter()
+    jax.block_until_ready(dot(a, b))
+    rates.append(2 * n**3 / (time.perf_counter() - start) / 1e9)
+  return {"matmul_peak_gflops": max(rates), "matmul_n": n,
+          "matmul_all_gflops": rates}
+
+
+def add_peak_fractions(rows: list[dict[str, Any]], peak_gflops: float | None,
+                       rate_keys: Sequence[str] = ("samples_per_s",)
+                       ) -> list[dict[str, Any]]:
+  """Adds achieved GFLOP/s and the fraction of the matmul peak to rows.
+
+  For every key ``x`` of ``rate_keys`` (a samples/s column) that a row has,
+  with the row's ``flops_per_sample``: ``x`` with ``samples_per_s`` replaced
+  by ``achieved_gflops`` (samples/s × FLOPs per sample / 1e9) and by
+  ``peak_fraction`` (that over ``peak_gflops``).
+
+  Args:
+    rows: benchmark rows (changed in place).
+    peak_gflops: the measured matmul peak.
+    rate_keys: samples/s columns to convert.
+
+  Returns:
+    The rows.
+  """
+  for row in rows:
+    flops = row.get("flops_per_sample")
+    for key in rate_keys:
+      rate = row.get(key)
+      achieved = key.replace("samples_per_s", "achieved_gflops")
+      fraction = key.replace("samples_per_s", "peak_fraction")
+      if flops and rate is not None:
+        row[achieved] = rate * flops / 1e9
+        row[fraction] = (row[achieved] / peak_gflops if peak_gflops
+                         else None)
+      else:
+        row[achieved] = row[fraction] = None
+  return rows
 
 
 def measure_group(cases: Sequence[Case],
@@ -181,8 +310,9 @@ def measure_group(cases: Sequence[Case],
     CPU seconds of a timed call, all threads: less sensitive to other
     processes' load than wall time), ``compile_s`` (first − steady),
     ``samples_per_s``, ``rounds_per_s``, ``program_bytes`` (XLA's plan for
-    the compiled chunk), ``peak_memory_bytes`` and ``memory_kind`` (the
-    process's high-water mark when the group finished).
+    the compiled chunk), ``flops_per_sample`` (``flops_per_sample``),
+    ``peak_memory_bytes`` and ``memory_kind`` (the process's high-water mark
+    when the group finished).
 
   Raises:
     ValueError: for an invalid case, including a sharded case whose k is not a
@@ -238,7 +368,7 @@ def measure_group(cases: Sequence[Case],
         "compile_s": max(run["first"] - steady, 0.0),
         "samples_per_s": samples / steady,
         "rounds_per_s": case.rounds / steady,
-        "program_bytes": _program_bytes(sim, run["state"], case.rounds),
+        **chunk_analysis(sim, run["state"], case.rounds),
         "peak_memory_bytes": mem,
         "memory_kind": mem_kind,
     })
@@ -346,25 +476,30 @@ def _groups(cases: Sequence[Case]) -> list[list[Case]]:
 
 
 def run_benchmark(cases: Sequence[Case], *, isolate: bool = False,
-                  progress: Callable[[dict[str, Any]], None] | None = None
-                  ) -> dict[str, Any]:
-  """Measures every case and the step-cost ratios.
+                  progress: Callable[[dict[str, Any]], None] | None = None,
+                  matmul_size: int = 3072) -> dict[str, Any]:
+  """Measures every case, the step-cost ratios and the fraction of peak.
 
   Cases that differ only in their method family form a group and are timed
-  side by side (``measure_group``).
+  side by side (``measure_group``). The matmul peak is measured first, in
+  this process (``matmul_peak_gflops``).
 
   Args:
     cases: from ``make_cases``.
     isolate: run each group in a fresh process, so that compiled programs do
       not accumulate and the peak memory is the group's own.
     progress: called with each finished row (e.g. to print it).
+    matmul_size: n of the n × n matmul that measures the peak.
 
   Returns:
-    ``{"environment": ..., "rows": [...], "ratios": [...]}``. A group that
-    cannot run (a sharded k that is not a multiple of the device count) gets
-    rows with an ``"error"`` message instead of timings.
+    ``{"environment": ..., "rows": [...], "ratios": [...]}``; the
+    environment holds the matmul peak, every row ``achieved_gflops`` and
+    ``peak_fraction`` (``add_peak_fractions``). A group that cannot run (a
+    sharded k that is not a multiple of the device count) gets rows with an
+    ``"error"`` message instead of timings.
   """
   env = environment()
+  env.update(matmul_peak_gflops(matmul_size))
   rows = []
   pool = None
   if isolate:
@@ -390,12 +525,14 @@ def run_benchmark(cases: Sequence[Case], *, isolate: bool = False,
   finally:
     if pool is not None:
       pool.shutdown()
-  env["load_average_end"] = _load_average()
+  env["load_average_end"] = load_average()
+  add_peak_fractions(rows, env["matmul_peak_gflops"])
   return {"environment": env, "rows": rows,
           "ratios": add_step_cost_ratios(rows)}
 
 
-def _load_average() -> list[float] | None:
+def load_average() -> list[float] | None:
+  """The 1, 5 and 15 minute load averages (other processes skew timings)."""
   try:
     return [round(x, 2) for x in os.getloadavg()]
   except OSError:
@@ -415,12 +552,24 @@ def environment() -> dict[str, Any]:
       "python": platform.python_version(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # Other processes' load skews CPU timings; record it.
-      "load_average_start": _load_average(),
+      "load_average_start": load_average(),
   }
 
 
-def _fmt(x: float | None, spec: str) -> str:
+def fmt(x: float | None, spec: str) -> str:
+  """``format(x, spec)``, or ``"-"`` for a missing or non-finite number."""
   return "-" if x is None or not math.isfinite(x) else format(x, spec)
+
+
+def format_environment(env: dict[str, Any]) -> str:
+  """One line: the hardware, the matmul peak and the load averages."""
+  peak = env.get("matmul_peak_gflops")
+  return (
+      f"backend {env['backend']} ({env['device_kind']}, {env['num_devices']}"
+      f" device(s), {env['cpu_count']} CPUs, jax {env['jax_version']});"
+      f" float32 matmul peak {fmt(peak, '.1f')} GFLOP/s"
+      f" (n = {env.get('matmul_n')}); load average"
+      f" {env['load_average_start']} -> {env.get('load_average_end')}")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -428,9 +577,12 @@ def format_table(result: dict[str, Any]) -> str:
   header = (f"{'method':<7} {'model':<9} {'exec':<7} {'k':>3} {'tau':>3}"
             f" {'batch':>5} {'samples/s':>10} {'rounds/s':>9}"
             f" {'cpu ms/rnd':>10} {'compile s':>9} {'prog MiB':>8}"
-            f" {'peak MiB':>8} {'ada/sgd':>7}")
+            f" {'peak MiB':>8} {'ada/sgd':>7} {'MFLOP/smp':>9}"
+            f" {'% peak':>6}")
   lines = [header, "-" * len(header)]
   mib = lambda b: None if b is None else b / 2**20
+  mflop = lambda f: None if f is None else f / 1e6
+  percent = lambda f: None if f is None else 100 * f
   for r in result["rows"]:
     prefix = (f"{r['method']:<7} {r['model']:<9} {r['execution']:<7}"
               f" {r['num_workers']:>3} {r['comm_period']:>3}"
@@ -439,17 +591,14 @@ def format_table(result: dict[str, Any]) -> str:
       lines.append(f"{prefix}  not run: {r['error']}")
       continue
     lines.append(
-        f"{prefix} {_fmt(r['samples_per_s'], '10,.0f')}"
-        f" {_fmt(r['rounds_per_s'], '9.2f')}"
-        f" {_fmt(1e3 * r['cpu_s'] / r['rounds'], '10.1f')}"
-        f" {_fmt(r['compile_s'], '9.2f')}"
-        f" {_fmt(mib(r['program_bytes']), '8.1f')}"
-        f" {_fmt(mib(r['peak_memory_bytes']), '8.0f')}"
-        f" {_fmt(r.get('step_cost_ratio'), '7.2f')}")
-  env = result["environment"]
-  lines.append(
-      f"backend {env['backend']} ({env['device_kind']}, {env['num_devices']}"
-      f" device(s), {env['cpu_count']} CPUs, jax {env['jax_version']});"
-      f" load average {env['load_average_start']} ->"
-      f" {env.get('load_average_end')}")
+        f"{prefix} {fmt(r['samples_per_s'], '10,.0f')}"
+        f" {fmt(r['rounds_per_s'], '9.2f')}"
+        f" {fmt(1e3 * r['cpu_s'] / r['rounds'], '10.1f')}"
+        f" {fmt(r['compile_s'], '9.2f')}"
+        f" {fmt(mib(r['program_bytes']), '8.1f')}"
+        f" {fmt(mib(r['peak_memory_bytes']), '8.0f')}"
+        f" {fmt(r.get('step_cost_ratio'), '7.2f')}"
+        f" {fmt(mflop(r.get('flops_per_sample')), '9.2f')}"
+        f" {fmt(percent(r.get('peak_fraction')), '6.1f')}")
+  lines.append(format_environment(result["environment"]))
   return "\n".join(lines)

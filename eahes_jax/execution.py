@@ -24,7 +24,9 @@ from typing import Any, Callable
 
 import jax
 from jax import lax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+import numpy as np
 
 WORKER_AXIS = "workers"
 STRATEGIES = ("vmap", "map", "sharded")
@@ -99,6 +101,29 @@ def state_shardings(tree: Any, mesh: Mesh, num_workers: int,
     if x.ndim > batch_dims and x.shape[batch_dims] == num_workers:
       spec.append(WORKER_AXIS)
     return NamedSharding(mesh, PartitionSpec(*spec))
+
+  return jax.tree_util.tree_map(one, tree)
+
+
+def to_host(tree: Any) -> Any:
+  """Every leaf as a NumPy array holding its global value, on every process.
+
+  With ``sharded`` over several processes (``jax.distributed.initialize()``),
+  an output whose worker axis is split over the processes' devices is not
+  addressable from any one of them, and ``np.asarray`` refuses it; such
+  leaves are gathered from all processes (a collective: every process must
+  call this). Leaves a process holds whole are copied as they are.
+
+  Args:
+    tree: a pytree of arrays.
+
+  Returns:
+    The same tree of NumPy arrays.
+  """
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+    return np.asarray(x)
 
   return jax.tree_util.tree_map(one, tree)
 

@@ -604,7 +604,7 @@ class Simulation:
     """
     state, metrics = self._chunk_fn(num_rounds)(state, self._worker_idx,
                                                 self.data)
-    return state, jax.tree_util.tree_map(np.asarray, metrics)
+    return state, execution_lib.to_host(metrics)
 
   def evaluate(self, state: SimState) -> EvalMetrics:
     """The master's test accuracy, test loss and training loss, per seed."""

@@ -1,14 +1,16 @@
-"""The paper's small CNN and AdaHessian in PyTorch, for cross-checking.
+"""The paper's CNNs and AdaHessian in PyTorch, for cross-checking.
 
 An independent PyTorch implementation of docs/algorithms.md §1 (Hutchinson)
 and §2 (AdaHessian), written from the notes to follow the same equations as
-`eahes_jax.adahessian.scale_by_adahessian`, and the paper's network
-(`eahes_jax.models.SmallCNN`, §7) as a `torch.nn.Module`, with exact
-conversion of parameter-shaped pytrees between the two layouts.
-`experiments.crosscheck_torch` trains both side by side.
+`eahes_jax.adahessian.scale_by_adahessian`, and the networks
+(`eahes_jax.models.SmallCNN`, the paper's, §7, and `eahes_jax.models.CNN`)
+as `torch.nn.Module`s, with exact conversion of parameter-shaped pytrees
+between the two layouts. `experiments.crosscheck_torch` trains both side by
+side; `eahes_jax.torch_peer` runs them as the benchmark's sequential peer.
 
 PyTorch is an optional dependency (`pip install -e ".[torch]"`): this module
-imports it at the top, and nothing else in `eahes_jax` imports this module.
+imports it at the top, and only `eahes_jax.torch_peer` imports this module,
+which nothing imports when `eahes_jax` is imported.
 
 Layouts (flax -> torch), all pure permutations, so conversion is exact both
 ways:
@@ -16,7 +18,8 @@ ways:
 - conv kernel: flax HWIO (5, 5, in, out) -> torch OIHW (out, in, 5, 5);
 - dense kernel: flax (in, out) -> torch (out, in);
 - the first dense layer's inputs: flax flattens NHWC activations, (h, w, c),
-  torch NCHW ones, (c, h, w), so its rows are permuted as well;
+  torch NCHW ones, (c, h, w), so its rows are permuted as well (the shape
+  (h, w, c) is the model's: `TorchSmallCNN.FLAT_HWC`, `TorchCNN.FLAT_HWC`);
 - biases: unchanged.
 
 The conversion applies to any pytree shaped like the parameters (gradients,
@@ -36,6 +39,7 @@ from torch.nn import functional as F
 __all__ = [
     "PARAM_NAMES",
     "TorchAdaHessian",
+    "TorchCNN",
     "TorchSmallCNN",
     "flax_to_torch",
     "hutchinson_diag_torch",
@@ -44,9 +48,7 @@ __all__ = [
     "torch_to_flax",
 ]
 
-# SmallCNN's activation before flattening: (height, width, channels).
-_FLAT_HWC = (4, 4, 20)
-# The torch parameter names, in the module's order.
+# The torch parameter names, in the module's order (both CNNs).
 PARAM_NAMES = ("conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias",
                "fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")
 
@@ -58,6 +60,9 @@ class TorchSmallCNN(nn.Module):
   -> flatten -> dense 50 -> relu -> dense 10; VALID padding, stride 1, no
   dropout.
   """
+
+  # The activation before flattening: (height, width, channels).
+  FLAT_HWC = (4, 4, 20)
 
   def __init__(self):
     super().__init__()
@@ -75,33 +80,69 @@ class TorchSmallCNN(nn.Module):
     return self.fc2(x)
 
 
+class TorchCNN(nn.Module):
+  """`eahes_jax.models.CNN` in PyTorch (NCHW input), 1,199,882 params.
+
+  PyTorch's MNIST example network: conv 32@3x3 -> relu -> conv 64@3x3 ->
+  relu -> max-pool 2 -> dropout 0.25 -> flatten -> dense 128 -> relu ->
+  dropout 0.5 -> dense 10; VALID padding, stride 1. Dropout acts in
+  `train()` mode only, as flax's under ``train=True``.
+  """
+
+  # The activation before flattening: (height, width, channels).
+  FLAT_HWC = (12, 12, 64)
+
+  def __init__(self):
+    super().__init__()
+    self.conv1 = nn.Conv2d(1, 32, kernel_size=3)
+    self.conv2 = nn.Conv2d(32, 64, kernel_size=3)
+    self.dropout1 = nn.Dropout(0.25)
+    self.fc1 = nn.Linear(9216, 128)
+    self.dropout2 = nn.Dropout(0.5)
+    self.fc2 = nn.Linear(128, 10)
+
+  def forward(self, x: torch.Tensor) -> torch.Tensor:
+    """Maps images (B, 1, 28, 28) to logits (B, 10)."""
+    x = F.relu(self.conv1(x))
+    x = F.relu(self.conv2(x))
+    x = self.dropout1(F.max_pool2d(x, 2))
+    x = torch.flatten(x, 1)
+    x = self.dropout2(F.relu(self.fc1(x)))
+    return self.fc2(x)
+
+
 def images_to_torch(images: Any) -> torch.Tensor:
   """NHWC images (numpy or JAX) to a float32 NCHW torch tensor."""
   x = np.asarray(images, np.float32).transpose(0, 3, 1, 2)
   return torch.from_numpy(np.array(x, order="C"))
 
 
-def _fc1_to_torch(kernel: np.ndarray) -> np.ndarray:
-  h, w, c = _FLAT_HWC
+def _fc1_to_torch(kernel: np.ndarray, flat_hwc: Sequence[int]) -> np.ndarray:
+  h, w, c = flat_hwc
   out = kernel.shape[-1]
   # Rows indexed (h, w, c) -> (c, h, w); then (in, out) -> (out, in).
   return kernel.reshape(h, w, c, out).transpose(2, 0, 1, 3).reshape(
       h * w * c, out).T
 
 
-def _fc1_to_flax(weight: np.ndarray) -> np.ndarray:
-  h, w, c = _FLAT_HWC
+def _fc1_to_flax(weight: np.ndarray, flat_hwc: Sequence[int]) -> np.ndarray:
+  h, w, c = flat_hwc
   out = weight.shape[0]
   return weight.T.reshape(c, h, w, out).transpose(1, 2, 0, 3).reshape(
       h * w * c, out)
 
 
-def flax_to_torch(tree: Mapping[str, Any]) -> dict[str, torch.Tensor]:
-  """A SmallCNN-shaped flax pytree as torch tensors named like its params.
+def flax_to_torch(tree: Mapping[str, Any],
+                  flat_hwc: Sequence[int] = TorchSmallCNN.FLAT_HWC
+                  ) -> dict[str, torch.Tensor]:
+  """A CNN-shaped flax pytree as torch tensors named like its params.
 
   Args:
-    tree: a pytree with the structure of SmallCNN's params ({"conv1":
-      {"kernel", "bias"}, ..., "fc2": {...}}): params, gradients, probes.
+    tree: a pytree with the structure of SmallCNN's or CNN's params
+      ({"conv1": {"kernel", "bias"}, ..., "fc2": {...}}): params, gradients,
+      probes.
+    flat_hwc: the model's activation shape before flattening
+      (`TorchSmallCNN.FLAT_HWC`, the default, or `TorchCNN.FLAT_HWC`).
 
   Returns:
     A dict from the names of `PARAM_NAMES` to contiguous torch tensors of the
@@ -113,7 +154,7 @@ def flax_to_torch(tree: Mapping[str, Any]) -> dict[str, torch.Tensor]:
       "conv1.bias": a("conv1", "bias"),
       "conv2.weight": a("conv2", "kernel").transpose(3, 2, 0, 1),
       "conv2.bias": a("conv2", "bias"),
-      "fc1.weight": _fc1_to_torch(a("fc1", "kernel")),
+      "fc1.weight": _fc1_to_torch(a("fc1", "kernel"), flat_hwc),
       "fc1.bias": a("fc1", "bias"),
       "fc2.weight": a("fc2", "kernel").T,
       "fc2.bias": a("fc2", "bias"),
@@ -122,13 +163,15 @@ def flax_to_torch(tree: Mapping[str, Any]) -> dict[str, torch.Tensor]:
   return {k: torch.from_numpy(np.array(v, order="C")) for k, v in out.items()}
 
 
-def torch_to_flax(named: Mapping[str, torch.Tensor]
+def torch_to_flax(named: Mapping[str, torch.Tensor],
+                  flat_hwc: Sequence[int] = TorchSmallCNN.FLAT_HWC
                   ) -> dict[str, dict[str, np.ndarray]]:
   """The inverse of `flax_to_torch`: numpy arrays in flax's structure.
 
   Args:
     named: a dict from the names of `PARAM_NAMES` to tensors (e.g. a
       `TorchSmallCNN`'s `state_dict()`).
+    flat_hwc: as in `flax_to_torch`.
 
   Returns:
     {"conv1": {"kernel", "bias"}, ..., "fc2": {...}} of numpy arrays.
@@ -140,15 +183,15 @@ def torch_to_flax(named: Mapping[str, torch.Tensor]
                 "bias": c(t("conv1.bias"))},
       "conv2": {"kernel": c(t("conv2.weight").transpose(2, 3, 1, 0)),
                 "bias": c(t("conv2.bias"))},
-      "fc1": {"kernel": c(_fc1_to_flax(t("fc1.weight"))),
+      "fc1": {"kernel": c(_fc1_to_flax(t("fc1.weight"), flat_hwc)),
               "bias": c(t("fc1.bias"))},
       "fc2": {"kernel": c(t("fc2.weight").T), "bias": c(t("fc2.bias"))},
   }
 
 
-def load_flax_params(module: TorchSmallCNN, params: Mapping[str, Any]) -> None:
-  """Copies flax SmallCNN params into `module` (exactly)."""
-  module.load_state_dict(flax_to_torch(params))
+def load_flax_params(module: nn.Module, params: Mapping[str, Any]) -> None:
+  """Copies flax params into a `TorchSmallCNN` or `TorchCNN` (exactly)."""
+  module.load_state_dict(flax_to_torch(params, module.FLAT_HWC))
 
 
 def hutchinson_diag_torch(

@@ -16,6 +16,11 @@ Usage:
       --workers=8 --rounds=20 --repeats=5                 # the issue's target
   python -m experiments.benchmark --smoke                 # seconds; for tests
 
+  # The simulator against a sequential PyTorch program, alternating (issue 15)
+  python -m experiments.benchmark --peer=torch --repeats=5 --json_out=peer.json
+  python -m experiments.benchmark --peer=torch --workers=1,8,32 --repeats=5
+  python -m experiments.benchmark --peer=torch --smoke    # seconds; for tests
+
 The default grid is small_cnn and cnn × map, vmap, sharded × k in {1, 4, 8,
 32}, less --skip: on CPU, cnn with vmap/sharded at k = 32 (a grouped 1.2M-
 parameter CNN step over 32 workers: ~25 s per AdaHessian round and ~8 GiB
@@ -25,6 +30,23 @@ defaults per model (mlp 20, small_cnn 10, cnn 2 rounds per timed call).
 that is not a multiple of the device count is reported as not run. Set
 XLA_FLAGS in the environment to try compiler flags; the JSON records them,
 the load average (other processes skew CPU timings) and the hardware.
+
+Every row reports the training FLOPs per sample of one local step (XLA's cost
+analysis of the compiled chunk) and the fraction of a float32 matmul's
+GFLOP/s, measured first in the same invocation (--matmul_size), that the
+row's samples/s achieve.
+
+`--peer=torch` (needs the `torch` extra) times the simulator and a plain
+sequential PyTorch program of the same work (`eahes_jax.torch_peer`: k
+workers one after another, τ steps each of SGD with momentum 0.5 or the
+authors' AdaHessian, then the elastic exchange) alternately in one process
+per row (A B A B ..., --repeats of each, medians), and prints one row per
+model × family × k: simulator samples/s, PyTorch samples/s, their ratio, the
+FLOPs per sample, each one's fraction of the matmul peak, the simulator's
+first-call compile seconds and the load average when the row started. Its
+defaults: small_cnn and cnn, sgd and adahessian, k = 8, the backend's
+default execution (map on CPU), τ = 1, batch 64. torch gets as many threads
+as XLA uses, the cores the process may run on (--torch_threads overrides).
 """
 
 import json
@@ -38,6 +60,7 @@ import jax
 from eahes_jax import benchmarking
 from eahes_jax import config as config_lib
 from eahes_jax import execution as execution_lib
+from eahes_jax import peer_benchmark
 from experiments import cli
 
 # Rounds per timed call when --rounds is not given: about a second or more of
@@ -48,25 +71,38 @@ SMOKE_SETTINGS = {
     "models": ("mlp",), "executions": ("map", "vmap"), "workers": (1, 2),
     "rounds": 2, "repeats": 2, "batch_size": 16,
 }
+# --peer=torch --smoke: the paper's small CNN (the peer has no mlp).
+PEER_SMOKE_SETTINGS = {
+    "models": ("small_cnn",), "executions": ("auto",), "workers": (2,),
+    "rounds": 2, "repeats": 2, "batch_size": 16,
+}
+SMOKE_MATMUL_SIZE = 256
+# --peer's defaults where --workers / --executions are not given: the
+# paper's setting (k = 8 on one device) and the backend's own execution.
+PEER_WORKERS = (8,)
+PEER_EXECUTIONS = ("auto",)
 
 
 def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
   """The benchmark's cases from the parsed flags (smoke settings win)."""
   if fv.smoke:
+    s = PEER_SMOKE_SETTINGS if fv.peer else SMOKE_SETTINGS
     return benchmarking.make_cases(
-        fv.methods, SMOKE_SETTINGS["models"], SMOKE_SETTINGS["executions"],
-        SMOKE_SETTINGS["workers"], comm_period=fv.comm_period,
-        batch_size=SMOKE_SETTINGS["batch_size"],
-        rounds=SMOKE_SETTINGS["rounds"], repeats=SMOKE_SETTINGS["repeats"],
-        conv_impl=fv.conv_impl)
+        fv.methods, s["models"], s["executions"], s["workers"],
+        comm_period=fv.comm_period, batch_size=s["batch_size"],
+        rounds=s["rounds"], repeats=s["repeats"], conv_impl=fv.conv_impl)
   skip = fv.skip
   if skip is None:
-    skip = (benchmarking.DEFAULT_CPU_SKIP if jax.default_backend() == "cpu"
-            else ())
+    skip = (benchmarking.DEFAULT_CPU_SKIP
+            if jax.default_backend() == "cpu" and not fv.peer else ())
+  workers, executions = fv.workers, fv.executions
+  if fv.peer:
+    workers = workers if fv["workers"].present else PEER_WORKERS
+    executions = executions if fv["executions"].present else PEER_EXECUTIONS
   cases = []
   for model in fv.models:
     cases += benchmarking.make_cases(
-        fv.methods, [model], fv.executions, [int(k) for k in fv.workers],
+        fv.methods, [model], executions, [int(k) for k in workers],
         skip=skip, comm_period=fv.comm_period, batch_size=fv.batch_size,
         rounds=fv.rounds or DEFAULT_ROUNDS[model], repeats=fv.repeats,
         conv_impl=fv.conv_impl)
@@ -121,7 +157,22 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                       flag_values=fv)
   flags.DEFINE_bool("smoke", False,
                     "Tiny run: mlp, k in {1, 2}, map and vmap, 2 rounds, in"
-                    " process; for tests.", flag_values=fv)
+                    " process (with --peer: small_cnn, k = 2); for tests.",
+                    flag_values=fv)
+  flags.DEFINE_enum("peer", None, list(peer_benchmark.PEERS),
+                    "Time the simulator against this peer program, the two"
+                    " alternating (torch: a sequential PyTorch program of"
+                    " the same work; needs the torch extra). Defaults then:"
+                    " --workers=" + ",".join(map(str, PEER_WORKERS))
+                    + ", --executions=auto.", flag_values=fv)
+  flags.DEFINE_integer("torch_threads", None,
+                       "torch's intra-op threads with --peer=torch (default:"
+                       " the cores this process may use, as XLA).",
+                       lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("matmul_size", 3072,
+                       "n of the n x n float32 matmul that measures the"
+                       " machine's peak GFLOP/s.", lower_bound=1,
+                       flag_values=fv)
 
 
 def main(argv: Sequence[str],
@@ -148,9 +199,30 @@ def main(argv: Sequence[str],
             f" k={row['num_workers']}: {row['samples_per_s']:,.0f} samples/s,"
             f" compile {row['compile_s']:.1f} s", flush=True)
 
-  result = benchmarking.run_benchmark(
-      cases, isolate=fv.isolate and not fv.smoke, progress=progress)
-  print(benchmarking.format_table(result))
+  def peer_progress(row):
+    if "error" in row:
+      progress(row)
+    else:
+      print(f"{row['method']} {row['model']} {row['execution']}"
+            f" k={row['num_workers']}: simulator {row['samples_per_s']:,.0f},"
+            f" torch {row['torch_samples_per_s']:,.0f} samples/s, ratio"
+            f" {row['ratio']:.2f}", flush=True)
+
+  matmul_size = SMOKE_MATMUL_SIZE if fv.smoke else fv.matmul_size
+  isolate = fv.isolate and not fv.smoke
+  if fv.peer:
+    try:
+      result = peer_benchmark.run_peer_benchmark(
+          cases, peer=fv.peer, isolate=isolate,
+          torch_threads=fv.torch_threads, matmul_size=matmul_size,
+          progress=peer_progress)
+    except ValueError as e:
+      cli.usage_error(str(e))
+    print(peer_benchmark.format_table(result))
+  else:
+    result = benchmarking.run_benchmark(
+        cases, isolate=isolate, progress=progress, matmul_size=matmul_size)
+    print(benchmarking.format_table(result))
   if fv.json_out:
     with open(fv.json_out, "w") as f:
       json.dump(result, f, indent=2)

@@ -24,10 +24,9 @@ from eahes_jax.hessian import rademacher_like
 from experiments import crosscheck_torch
 
 
-def _random_params(seed: int = 0):
-  """SmallCNN params with nonzero biases, so every entry is distinctive."""
-  params = models.init_params(models.get_model("small_cnn"),
-                              jax.random.key(seed))
+def _random_params(seed: int = 0, model: str = "small_cnn"):
+  """A CNN's params with nonzero biases, so every entry is distinctive."""
+  params = models.init_params(models.get_model(model), jax.random.key(seed))
   leaves, treedef = jax.tree_util.tree_flatten(params)
   keys = jax.random.split(jax.random.key(seed + 1), len(leaves))
   return jax.tree_util.tree_unflatten(treedef, [
@@ -96,6 +95,52 @@ def test_both_models_give_the_same_logits(conv_impl):
   np.testing.assert_allclose(logits_torch, logits_jax, rtol=1e-5, atol=1e-5)
   # A wrong flatten order would change the logits by O(1), not by rounding.
   assert np.abs(logits_jax).max() > 0.1
+
+
+def test_cnn_flax_torch_flax_round_trip_is_bit_exact():
+  params = _random_params(model="cnn")
+  named = tc.flax_to_torch(params, tc.TorchCNN.FLAT_HWC)
+  assert named["conv1.weight"].shape == (32, 1, 3, 3)  # OIHW
+  assert named["conv2.weight"].shape == (64, 32, 3, 3)
+  assert named["fc1.weight"].shape == (128, 9216)  # (out, in)
+  net = tc.TorchCNN()
+  tc.load_flax_params(net, params)
+  back = tc.torch_to_flax(net.state_dict(), tc.TorchCNN.FLAT_HWC)
+  for a, b in zip(jax.tree_util.tree_leaves(params),
+                  jax.tree_util.tree_leaves(back)):
+    np.testing.assert_array_equal(np.asarray(a).view(np.uint32),
+                                  b.view(np.uint32))
+  assert sum(p.numel() for p in net.parameters()) == 1_199_882
+  assert models.param_count(params) == 1_199_882
+
+
+@pytest.mark.parametrize("conv_impl", ["xla", "im2col"])
+def test_torch_cnn_gives_the_flax_cnn_logits(conv_impl):
+  params = _random_params(model="cnn")
+  net = tc.TorchCNN()
+  tc.load_flax_params(net, params)
+  net.eval()  # No dropout, as flax's train=False.
+  x = data_lib.synthetic_mnist(16, 1, seed=3).train_images
+  logits_jax = np.asarray(models.get_model("cnn", conv_impl=conv_impl).apply(
+      {"params": params}, x, train=False))
+  with torch.no_grad():
+    logits_torch = net(tc.images_to_torch(x)).numpy()
+  # float32 sums of up to 9,216 products, in other orders.
+  np.testing.assert_allclose(logits_torch, logits_jax, rtol=1e-4, atol=1e-4)
+  # A wrong flatten order (fc1's rows: NHWC vs NCHW) would change the logits
+  # by O(1), not by rounding.
+  assert np.abs(logits_jax).max() > 0.1
+
+
+def test_torch_cnn_drops_out_in_train_mode_only():
+  torch.manual_seed(0)
+  net = tc.TorchCNN()
+  x = tc.images_to_torch(data_lib.synthetic_mnist(4, 1, seed=1).train_images)
+  with torch.no_grad():
+    net.train()
+    assert not torch.equal(net(x), net(x))
+    net.eval()
+    assert torch.equal(net(x), net(x))
 
 
 def test_torch_hutchinson_matches_jax_with_the_same_probes():

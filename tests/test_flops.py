@@ -1,0 +1,80 @@
+"""FLOPs per sample from XLA's cost analysis, and the matmul peak (issue 15).
+
+``benchmarking.flops_per_sample`` divides a compiled chunk's FLOPs by the
+work XLA's cost analysis counts: one pass of each loop body. These tests pin
+that reading: if the analysis began to multiply loop bodies by their trip
+counts, the per-sample figure would change with k under ``map`` and fail.
+"""
+
+import pytest
+
+from eahes_jax import benchmarking
+from eahes_jax import config as config_lib
+from eahes_jax import simulator
+from tests.conftest import tiny_mnist
+
+# The mlp's forward pass per sample: 784 -> 32 -> 10, two FLOPs a MAC.
+MLP_FORWARD_FLOPS = 2 * (784 * 32 + 32 * 10)
+
+
+def _flops_per_sample(execution, k, batch, rounds=2, comm_period=2):
+  config = config_lib.SimConfig(
+      method="EASGD", model="mlp", num_workers=k, comm_period=comm_period,
+      rounds=rounds, batch_size=batch, failure_rate=0.0,
+      failure_model="none", execution=execution, train_eval_size=64,
+      eval_batch_size=64)
+  sim = simulator.Simulation(config, tiny_mnist())
+  state, _ = sim.run_rounds(sim.init_state(), rounds)
+  return benchmarking.chunk_analysis(sim, state, rounds)["flops_per_sample"]
+
+
+@pytest.fixture(scope="module")
+def flops():
+  return {(e, k, b): _flops_per_sample(e, k, b)
+          for e, k, b in [("map", 1, 16), ("map", 1, 32), ("map", 1, 64),
+                          ("map", 2, 64), ("vmap", 2, 64)]}
+
+
+def _chunk(flops, b):
+  """The FLOPs of one step of one worker on a batch of b (map, k = 1)."""
+  return flops[("map", 1, b)] * b
+
+
+def test_chunk_flops_grow_by_a_training_step_per_sample(flops):
+  assert all(f > 0 for f in flops.values())
+  # The chunk's FLOPs are affine in the batch: a step's per-parameter work
+  # (optimizer, exchange, checks) plus the model's work per sample.
+  per_sample = (_chunk(flops, 64) - _chunk(flops, 32)) / 32
+  assert (_chunk(flops, 32) - _chunk(flops, 16)) / 16 == pytest.approx(
+      per_sample, rel=0.02)
+  # Forward, plus the backward's weight gradients (as much again) and the
+  # second layer's input gradient: 2-3x forward.
+  assert 2 * MLP_FORWARD_FLOPS <= per_sample <= 3 * MLP_FORWARD_FLOPS
+  # The per-parameter work is amortised over the batch: small at 64.
+  assert flops[("map", 1, 64)] == pytest.approx(per_sample, rel=0.15)
+
+
+def test_flops_per_sample_does_not_depend_on_k_or_the_execution(flops):
+  # Were loop bodies counted once per trip, map's k = 2 would double.
+  one = flops[("map", 1, 64)]
+  assert flops[("map", 2, 64)] == pytest.approx(one, rel=0.1)
+  assert flops[("vmap", 2, 64)] == pytest.approx(one, rel=0.1)
+
+
+def test_matmul_peak_is_positive():
+  peak = benchmarking.matmul_peak_gflops(n=128, repeats=2)
+  assert peak["matmul_n"] == 128 and len(peak["matmul_all_gflops"]) == 2
+  assert peak["matmul_peak_gflops"] == max(peak["matmul_all_gflops"]) > 0
+
+
+def test_peak_fractions_are_achieved_flops_over_the_peak():
+  rows = [{"flops_per_sample": 2e6, "samples_per_s": 500.0,
+           "torch_samples_per_s": 250.0},
+          {"flops_per_sample": None, "samples_per_s": 500.0}]
+  benchmarking.add_peak_fractions(rows, 4.0,
+                                  ("samples_per_s", "torch_samples_per_s"))
+  assert rows[0]["achieved_gflops"] == pytest.approx(1.0)
+  assert rows[0]["peak_fraction"] == pytest.approx(0.25)
+  assert rows[0]["torch_achieved_gflops"] == pytest.approx(0.5)
+  assert rows[0]["torch_peak_fraction"] == pytest.approx(0.125)
+  assert rows[1]["peak_fraction"] is None

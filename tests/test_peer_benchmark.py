@@ -1,0 +1,123 @@
+"""The PyTorch peer benchmark (issue 15): the program, its smoke mode.
+
+Skipped where PyTorch is absent (the optional extra
+``pip install -e ".[torch]"``), except the checks that need no torch.
+"""
+
+import importlib.util
+import json
+import math
+import os
+import subprocess
+import sys
+
+from absl import flags
+import jax
+import pytest
+
+from eahes_jax import benchmarking
+from eahes_jax import data as data_lib
+from eahes_jax import models
+from eahes_jax import peer_benchmark
+from experiments import benchmark
+from tests.conftest import REPO
+
+needs_torch = pytest.mark.skipif(
+    importlib.util.find_spec("torch") is None,
+    reason='PyTorch is an optional extra: pip install -e ".[torch]"')
+
+
+def test_importing_the_library_and_the_binary_does_not_import_torch():
+  code = ("import sys, eahes_jax, eahes_jax.peer_benchmark,"
+          " experiments.benchmark; assert 'torch' not in sys.modules,"
+          " 'torch imported'")
+  proc = subprocess.run([sys.executable, "-c", code], cwd=REPO,
+                        capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_peer_rejects_what_it_does_not_have_before_running():
+  with pytest.raises(ValueError, match="models"):
+    peer_benchmark.run_peer_benchmark(
+        benchmarking.make_cases(["sgd"], ["mlp"], ["map"], [2]))
+  with pytest.raises(ValueError, match="peer"):
+    peer_benchmark.run_peer_benchmark([], peer="tensorflow")
+
+
+@needs_torch
+@pytest.mark.parametrize("optimizer", ["sgd", "adahessian"])
+def test_sequential_peer_steps_then_exchanges_with_the_master(optimizer):
+  # pylint: disable=g-import-not-at-top
+  import torch
+  from eahes_jax import torch_crosscheck as tc
+  from eahes_jax import torch_peer
+  # pylint: enable=g-import-not-at-top
+  data = data_lib.synthetic_mnist(64, 1, seed=0)
+  params = models.init_params(models.get_model("small_cnn"),
+                              jax.random.key(0))
+  # alpha = 1 swaps: the worker takes the old master (the initial weights),
+  # the master the worker's stepped weights.
+  peer = torch_peer.SequentialPeer(
+      "small_cnn", optimizer, 1, data.train_images, data.train_labels,
+      batch_size=8, lr=0.1, alpha=1.0, flax_params=params)
+  initial = [m.clone() for m in peer.master]
+  peer.run_rounds(1)
+  worker = list(peer.workers[0].parameters())
+  for w, m0, m in zip(worker, initial, peer.master):
+    torch.testing.assert_close(w.detach(), m0, rtol=0, atol=1e-6)
+  moved = max(float((m - m0).abs().max())
+              for m0, m in zip(initial, peer.master))
+  assert moved > 1e-4
+  # The initial weights are flax's, converted exactly.
+  first = tc.flax_to_torch(params)
+  for name, m0 in zip(tc.PARAM_NAMES, initial):
+    assert torch.equal(first[name], m0), name
+
+
+@needs_torch
+def test_torch_gets_the_cores_xla_uses():
+  import torch  # pylint: disable=g-import-not-at-top
+  from eahes_jax import torch_peer  # pylint: disable=g-import-not-at-top
+  threads = torch_peer.set_threads()
+  assert threads == len(os.sched_getaffinity(0)) == torch.get_num_threads()
+
+
+@needs_torch
+def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
+  flag_values = flags.FlagValues()
+  benchmark.define_flags(flag_values)
+  out = tmp_path / "peer.json"
+  flag_values(["benchmark", "--peer=torch", "--smoke", f"--json_out={out}"])
+  benchmark.main(["benchmark"], flag_values=flag_values)
+  result = json.loads(out.read_text())
+  rows = result["rows"]
+  s = benchmark.PEER_SMOKE_SETTINGS
+  assert [(r["model"], r["method"], r["num_workers"]) for r in rows] == [
+      ("small_cnn", "EASGD", 2), ("small_cnn", "EAHES", 2)]
+  for r in rows:
+    assert "error" not in r, r
+    assert len(r["steady_all_s"]) == len(r["torch_steady_all_s"]) == 2
+    samples = r["num_workers"] * r["batch_size"] * s["rounds"]
+    assert r["samples_per_s"] == pytest.approx(samples / r["steady_s"])
+    assert r["torch_samples_per_s"] == pytest.approx(
+        samples / r["torch_steady_s"])
+    assert r["ratio"] == pytest.approx(
+        r["samples_per_s"] / r["torch_samples_per_s"])
+    for name in ("samples_per_s", "torch_samples_per_s", "ratio",
+                 "flops_per_sample", "peak_fraction", "torch_peak_fraction",
+                 "achieved_gflops", "torch_achieved_gflops"):
+      assert math.isfinite(r[name]) and r[name] > 0, (name, r)
+    assert r["compile_s"] >= 0 and len(r["load_average_start"]) == 3
+    assert r["torch_threads"] == len(os.sched_getaffinity(0))
+  # AdaHessian's step does more work than SGD's.
+  assert rows[1]["flops_per_sample"] > 1.5 * rows[0]["flops_per_sample"]
+  assert result["environment"]["matmul_peak_gflops"] > 0
+  printed = capsys.readouterr().out
+  header = next(line for line in printed.splitlines()
+                if line.startswith("model"))
+  assert "sim smp/s" in header and "torch smp/s" in header
+  assert "ratio" in header
+  for r in rows:
+    assert any(line.startswith("small_cnn ") and r["method"] in line
+               and f"{r['ratio']:.2f}" in line
+               for line in printed.splitlines()), printed
