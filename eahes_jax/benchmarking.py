@@ -572,10 +572,22 @@ def format_environment(env: dict[str, Any]) -> str:
       f" {env['load_average_start']} -> {env.get('load_average_end')}")
 
 
+# The columns that name a benchmark case, shared by every table of rows.
+CASE_HEADER = (f"{'method':<7} {'model':<9} {'exec':<7} {'k':>3} {'tau':>3}"
+               f" {'batch':>5}")
+
+
+def case_columns(row: dict[str, Any]) -> str:
+  """A row's case under ``CASE_HEADER``: method, model, execution, k, τ,
+  batch."""
+  return (f"{row['method']:<7} {row['model']:<9} {row['execution']:<7}"
+          f" {row['num_workers']:>3} {row['comm_period']:>3}"
+          f" {row['batch_size']:>5}")
+
+
 def format_table(result: dict[str, Any]) -> str:
   """The rows of ``run_benchmark`` as a plain-text table."""
-  header = (f"{'method':<7} {'model':<9} {'exec':<7} {'k':>3} {'tau':>3}"
-            f" {'batch':>5} {'samples/s':>10} {'rounds/s':>9}"
+  header = (f"{CASE_HEADER} {'samples/s':>10} {'rounds/s':>9}"
             f" {'cpu ms/rnd':>10} {'compile s':>9} {'prog MiB':>8}"
             f" {'peak MiB':>8} {'ada/sgd':>7} {'MFLOP/smp':>9}"
             f" {'% peak':>6}")
@@ -584,9 +596,7 @@ def format_table(result: dict[str, Any]) -> str:
   mflop = lambda f: None if f is None else f / 1e6
   percent = lambda f: None if f is None else 100 * f
   for r in result["rows"]:
-    prefix = (f"{r['method']:<7} {r['model']:<9} {r['execution']:<7}"
-              f" {r['num_workers']:>3} {r['comm_period']:>3}"
-              f" {r['batch_size']:>5}")
+    prefix = case_columns(r)
     if "error" in r:
       lines.append(f"{prefix}  not run: {r['error']}")
       continue

@@ -224,15 +224,13 @@ def format_table(result: dict[str, Any]) -> str:
   """The rows of ``run_peer_benchmark`` as a plain-text table."""
   fmt = benchmarking.fmt
   percent = lambda f: None if f is None else 100 * f
-  header = (f"{'model':<9} {'method':<7} {'exec':<5} {'k':>3} {'tau':>3}"
-            f" {'batch':>5} {'sim smp/s':>10} {'torch smp/s':>11}"
+  header = (f"{benchmarking.CASE_HEADER} {'sim smp/s':>10}"
+            f" {'torch smp/s':>11}"
             f" {'ratio':>6} {'MFLOP/smp':>9} {'sim %pk':>7}"
             f" {'torch %pk':>9} {'compile s':>9}  load avg (1, 5, 15 min)")
   lines = [header, "-" * len(header)]
   for r in result["rows"]:
-    prefix = (f"{r['model']:<9} {r['method']:<7} {r['execution']:<5}"
-              f" {r['num_workers']:>3} {r['comm_period']:>3}"
-              f" {r['batch_size']:>5}")
+    prefix = benchmarking.case_columns(r)
     if "error" in r:
       lines.append(f"{prefix}  not run: {r['error']}")
       continue

@@ -114,10 +114,10 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
   assert result["environment"]["matmul_peak_gflops"] > 0
   printed = capsys.readouterr().out
   header = next(line for line in printed.splitlines()
-                if line.startswith("model"))
+                if line.startswith("method"))
   assert "sim smp/s" in header and "torch smp/s" in header
   assert "ratio" in header
   for r in rows:
-    assert any(line.startswith("small_cnn ") and r["method"] in line
+    assert any(line.startswith(r["method"]) and " small_cnn " in line
                and f"{r['ratio']:.2f}" in line
                for line in printed.splitlines()), printed
