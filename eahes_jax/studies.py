@@ -371,7 +371,17 @@ def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
   every family alike; the table says so.
   """
   by_family: dict[str, dict[float, dict[int, float]]] = {}
-  for run in plotting.load_results(os.path.join(out_dir, grid.RUNS_DIR)):
+  runs_dir = os.path.join(out_dir, grid.RUNS_DIR)
+  unfinished = []
+  for name in sorted(os.listdir(runs_dir)):
+    run_dir = os.path.join(runs_dir, name)
+    run = plotting.load_run(run_dir)
+    if run is None:
+      continue
+    if not results_folder.is_complete(run_dir):
+      # A run still training: its "late third" is not the run's.
+      unfinished.append(name)
+      continue
     by_family.setdefault(run.config["method"], {})[run.config["lr"]] = (
         claims.per_seed(run, quantity))
   lines = ["| method | lr | test accuracy (late third, mean ± std) |",
@@ -392,4 +402,6 @@ def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
       d = stats.paired_difference(best[a][1], best[b][1])
       lines.append(f"| {a} (lr {best[a][0]:g}) | {b} (lr {best[b][0]:g}) |"
                    f" {d.format()} | {d.wins}/{d.n} |")
+  if unfinished:
+    lines += ["", f"Not finished, left out: {', '.join(unfinished)}."]
   return "\n".join(lines) + "\n"

@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import pytest
 
@@ -111,3 +112,17 @@ def test_report_of_a_study_folder(study_dir, tmp_path):
   events = (tmp_path / "mechanism_events.md").read_text()
   assert "| EAHES-O_disconnect_tau1 |" in events
   assert "| DEAHES-O_disconnect_tau1 |" in events
+
+
+def test_lr_sweep_table_leaves_out_a_run_still_training(study_dir, tmp_path):
+  out, _ = study_dir
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy)
+  (copy / "runs" / "DEAHES-O_disconnect_tau1" /
+   results_folder.SUMMARY_FILE).unlink()
+  table = studies.lr_sweep_table(str(copy))
+  assert "| EAHES-O | 0.01 |" in table
+  assert "| DEAHES-O |" not in table
+  assert "Not finished, left out: DEAHES-O_disconnect_tau1." in table
+  full = studies.lr_sweep_table(str(out))
+  assert "| DEAHES-O | 0.01 |" in full and "Not finished" not in full
