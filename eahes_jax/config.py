@@ -43,6 +43,9 @@ def _check(cond: bool, field: str, allowed: str, value: Any) -> None:
     raise ConfigError(f"{field} must be {allowed}, got {value!r}", field)
 
 
+_INT32_MAX = 2**31 - 1
+
+
 def _is_int(x: Any) -> bool:
   return isinstance(x, int) and not isinstance(x, bool)
 
@@ -160,6 +163,12 @@ class SimConfig:
       value = getattr(self, name)
       _check(_is_int(value) and value >= low, name, f"an integer >= {low}",
              value)
+      if name != "seed":  # The seed has its own bound below.
+        # Counts become int32 values inside the compiled program; a larger
+        # one overflows there (a traceback from JAX, or a schedule too long
+        # to build) instead of being refused here.
+        _check(value <= _INT32_MAX, name,
+               f"an integer in [{low}, 2**31 - 1]", value)
     # Seeds become uint32 PRNG seeds: a larger one would alias a smaller one.
     _check(self.seed + self.num_seeds - 1 < 2**32, "seed",
            f"an integer with seed + num_seeds - 1 < 2**32 (num_seeds"

@@ -192,6 +192,26 @@ def check_writable(out_dir: str) -> None:
         f"--out_dir {out_dir!r} is not writable: {e.strerror}") from None
 
 
+def _check_tensorboard_dir(path: str) -> None:
+  """Creates the TensorBoard folder if missing, before anything is written.
+
+  Otherwise a folder that cannot be made (e.g. below a file) fails inside
+  tensorboardX once the results folder has been started.
+
+  Raises:
+    config.ConfigError: named after ``tensorboard_dir``.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise config_lib.ConfigError(
+        f"tensorboard_dir {path!r} is a file, not a folder", "tensorboard_dir")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise config_lib.ConfigError(
+        f"tensorboard_dir {path!r} cannot be created: {e.strerror}",
+        "tensorboard_dir") from None
+
+
 def _differs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """The fields in which two run records differ.
 
@@ -619,6 +639,8 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
   simulator.check_data(config, data)
   record = _record(config, data.source)
   check_writable(out_dir)
+  if tensorboard_dir is not None:
+    _check_tensorboard_dir(tensorboard_dir)
   # Signals are caught from here on, so a second one never unwinds through
   # an XLA compile; the lock is held until the run ends.
   with _SignalCatcher() as signals, lock_out_dir(out_dir):

@@ -371,6 +371,39 @@ def test_seeds_must_fit_in_32_bits(seed, num_seeds, ok):
   assert e.value.field == "seed"
 
 
+@pytest.mark.parametrize("field", [
+    "num_workers", "comm_period", "rounds", "batch_size", "hessian_samples",
+    "dw_history", "num_seeds", "eval_every", "eval_batch_size",
+    "train_eval_size"])
+def test_counts_beyond_int32_are_a_config_error(field):
+  # Found by the sweep (round two): --comm_period=2**63 passed validation
+  # and overflowed inside JAX (a traceback); --rounds=2**63 hung building
+  # the chunk schedule.
+  if field != "dw_history":  # That many dw_coeffs would not fit in memory.
+    config_lib.SimConfig(**{field: 2**31 - 1})
+  for value in (2**31, 2**63):
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf"^{field} must be an integer in") as e:
+      config_lib.SimConfig(**{field: value})
+    assert e.value.field == field
+
+
+def test_a_tensorboard_dir_below_a_file_is_refused_before_any_write(
+    tmp_path):
+  # Found by the sweep (round two): tensorboardX failed with a traceback
+  # after config.json and an empty metrics.jsonl had been written, so the
+  # same command then said the folder "already holds this run".
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  out = tmp_path / "run"
+  for tb in (a_file, a_file / "tb"):
+    with pytest.raises(config_lib.ConfigError,
+                       match=f"^tensorboard_dir '{tb}' ") as e:
+      run(out, tensorboard_dir=str(tb))
+    assert e.value.field == "tensorboard_dir"
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
 def test_idx_files_with_no_records_are_a_data_error(tmp_path):
   folder = _idx_folder(tmp_path / "mnist")
   _write_idx(folder / "train-images-idx3-ubyte",
