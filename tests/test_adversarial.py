@@ -489,6 +489,13 @@ def test_an_out_dir_that_is_a_file_is_reported_as_a_file(tmp_path):
      r"error: unexpected arguments"),
     ("plot", ["{bad_metrics}"], r"error: .*metrics\.jsonl: line 1"),
     ("plot", [], r"error: usage: python -m experiments.plot"),
+    # Found by the sweep (round two): the whole help, or a run with NaN.
+    ("crosscheck_torch", ["stray"], r"error: unexpected arguments"),
+    ("crosscheck_torch", ["--report_steps=abc"],
+     "error: --report_steps must be integers"),
+    ("crosscheck_torch", ["--lr=nan"], "error: --lr must be a number > 0"),
+    ("crosscheck_torch", ["--batch_size=0"], "error: --batch_size must be"),
+    ("crosscheck_torch", [f"--seed={2**63}"], "error: --seed must be"),
 ])
 def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
                                                message):
@@ -501,6 +508,9 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
   (bad / experiment.METRICS_FILE).write_text('{"round": 0,\n')
   out = tmp_path / "out"
   args = [a.format(file=a_file, bad_metrics=bad, out=out) for a in args]
+  if module == "crosscheck_torch":  # Short, should a bad value be taken.
+    args = ["--data_source=synthetic", "--steps=2", "--report_steps=1",
+            "--nocontrol", *args]
   if module == "train":
     args = [*TRAIN, *args]
     if not any(a.startswith("--out_dir") for a in args):
