@@ -113,10 +113,12 @@ def case_config(case: Case) -> config_lib.SimConfig:
     raise ValueError(
         f"family must be one of {sorted(FAMILIES)} or a method name, got"
         f" {case.family!r}")
-  if case.rounds < 1:
-    raise ValueError(f"rounds must be an integer >= 1, got {case.rounds}")
-  if case.repeats < 1:
-    raise ValueError(f"repeats must be an integer >= 1, got {case.repeats}")
+  # ConfigErrors (ValueErrors) that name the field, as the binary's flag.
+  for field in ("rounds", "repeats"):
+    value = getattr(case, field)
+    if not 1 <= value <= 2**31 - 1:
+      raise config_lib.ConfigError(
+          f"{field} must be an integer in [1, 2**31 - 1], got {value}", field)
   return config_lib.SimConfig(
       method=case.method, model=case.model, num_workers=case.num_workers,
       comm_period=case.comm_period, rounds=case.rounds,
@@ -324,6 +326,12 @@ def make_cases(families: Sequence[str] = tuple(FAMILIES),
   """
   for e in executions:
     execution_lib.resolve_strategy(e)
+  for key in skip:
+    # A key that can never match would silently leave nothing out.
+    parts = key.split(":")
+    if len(parts) != 3 or not parts[2].isdigit():
+      raise config_lib.ConfigError(
+          f"skip must hold model:execution:k keys, got {key!r}", "skip")
   cases = []
   for model in models:
     for execution in executions:

@@ -59,6 +59,13 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
         batch_size=SMOKE_SETTINGS["batch_size"],
         rounds=SMOKE_SETTINGS["rounds"], repeats=SMOKE_SETTINGS["repeats"],
         conv_impl=fv.conv_impl)
+  for name in ("methods", "models", "executions", "workers"):
+    if not fv[name].value:  # An empty list would benchmark nothing.
+      raise config_lib.ConfigError(f"{name} must not be empty", name)
+  if fv.rounds is not None and fv.rounds < 1:  # 0 is not the default.
+    raise config_lib.ConfigError(
+        f"rounds must be an integer >= 1, got {fv.rounds}", "rounds")
+  workers = experiment.parse_numbers(fv.workers, "workers", int)
   skip = fv.skip
   if skip is None:
     skip = (benchmarking.DEFAULT_CPU_SKIP if jax.default_backend() == "cpu"
@@ -66,7 +73,7 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
   cases = []
   for model in fv.models:
     cases += benchmarking.make_cases(
-        fv.methods, [model], fv.executions, [int(k) for k in fv.workers],
+        fv.methods, [model], fv.executions, workers,
         skip=skip, comm_period=fv.comm_period, batch_size=fv.batch_size,
         rounds=fv.rounds or DEFAULT_ROUNDS[model], repeats=fv.repeats,
         conv_impl=fv.conv_impl)

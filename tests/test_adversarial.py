@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 import pytest
 
 from eahes_jax import checkpoint as checkpoint_lib
@@ -33,6 +34,7 @@ from eahes_jax import elastic
 from eahes_jax import experiment
 from eahes_jax import grid
 from eahes_jax import simulator
+from experiments import benchmark
 from tests.conftest import tiny_mnist
 from tests.test_experiments import error_lines
 from tests.test_experiments import run_binary
@@ -404,6 +406,25 @@ def test_a_tensorboard_dir_below_a_file_is_refused_before_any_write(
     assert sorted(p.name for p in out.iterdir()) == []
 
 
+@pytest.mark.parametrize("args,field", [
+    (["--workers="], "workers"), (["--workers=abc"], "workers"),
+    (["--models="], "models"), (["--methods="], "methods"),
+    (["--executions="], "executions"), (["--rounds=0"], "rounds"),
+    (["--repeats=0"], "repeats"), ([f"--repeats={2**63}"], "repeats"),
+    (["--skip=garbage"], "skip")])
+def test_benchmark_flags_that_measure_nothing_or_forever_are_refused(
+    args, field):
+  # Found by the sweep (round two): empty lists and a malformed --skip were
+  # taken (exit 0, nothing or everything measured), --rounds=0 silently meant
+  # the default, and errors did not name their flag.
+  fv = flags.FlagValues()
+  benchmark.define_flags(fv)
+  fv(["benchmark", "--models=mlp", "--executions=map", "--workers=1", *args])
+  with pytest.raises(config_lib.ConfigError) as e:
+    benchmark.cases_from_flags(fv)
+  assert e.value.field == field
+
+
 def test_idx_files_with_no_records_are_a_data_error(tmp_path):
   folder = _idx_folder(tmp_path / "mnist")
   _write_idx(folder / "train-images-idx3-ubyte",
@@ -496,6 +517,7 @@ def test_an_out_dir_that_is_a_file_is_reported_as_a_file(tmp_path):
     ("crosscheck_torch", ["--lr=nan"], "error: --lr must be a number > 0"),
     ("crosscheck_torch", ["--batch_size=0"], "error: --batch_size must be"),
     ("crosscheck_torch", [f"--seed={2**63}"], "error: --seed must be"),
+    ("hessian_benchmark", ["--models="], "error: --models must not be empty"),
 ])
 def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
                                                message):
