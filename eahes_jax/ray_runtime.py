@@ -112,6 +112,29 @@ def check_config(config: config_lib.SimConfig) -> config_lib.SimConfig:
   return config.replace(execution="vmap")
 
 
+def check_run_options(config: config_lib.SimConfig, *, ordered: bool,
+                      kills: Sequence[tuple[int, int]]) -> None:
+  """Checks ``run``'s options against the config, before Ray starts.
+
+  Raises:
+    config.ConfigError: ``ordered`` with crashes or kills, or a kill of a
+      worker the run does not have; names the field.
+  """
+  if ordered and config.failure_mode == "crash":
+    raise config_lib.ConfigError(
+        "failure_mode must be 'disconnect' with ordered=True, got 'crash'",
+        "failure_mode")
+  if ordered and kills:
+    raise config_lib.ConfigError(
+        f"kill_worker must be empty with ordered=True, got {list(kills)}",
+        "kill_worker")
+  for worker, _ in kills:
+    if not 0 <= worker < config.num_workers:
+      raise config_lib.ConfigError(
+          f"kill_worker must name workers 0..{config.num_workers - 1}, got"
+          f" {worker}", "kill_worker")
+
+
 def make_plan(sim: simulator.Simulation) -> Plan:
   """Every round's keys, exchange order and failures, as ``sim`` draws them.
 
@@ -475,19 +498,7 @@ def run(config: config_lib.SimConfig, data: data_lib.MNIST, *,
     config.ConfigError: a config the runtime cannot run; names the field.
   """
   config = check_config(config)
-  if ordered and config.failure_mode == "crash":
-    raise config_lib.ConfigError(
-        "failure_mode must be 'disconnect' with ordered=True, got 'crash'",
-        "failure_mode")
-  if ordered and kills:
-    raise config_lib.ConfigError(
-        f"kill_worker must be empty with ordered=True, got {list(kills)}",
-        "kill_worker")
-  for worker, _ in kills:
-    if not 0 <= worker < config.num_workers:
-      raise config_lib.ConfigError(
-          f"kill_worker must name workers 0..{config.num_workers - 1}, got"
-          f" {worker}", "kill_worker")
+  check_run_options(config, ordered=ordered, kills=kills)
   if ray is None or not ray.is_initialized():
     raise RayUnavailableError("call ray_runtime.connect() first")
   k = config.num_workers
@@ -657,6 +668,17 @@ def train(config: config_lib.SimConfig, out_dir: str, *, data_source: str,
     config.ConfigError, data.DataError: as ``experiment.run_experiment``.
   """
   config = check_config(config)
+  check_run_options(config, ordered=ordered, kills=kills)
+  # The folder is checked before Ray starts and the run takes its time: it
+  # used to fail only in write_results, losing the finished run, and a
+  # folder of earlier results was overwritten.
+  experiment.check_writable(out_dir)
+  held = [name for name in (experiment.METRICS_FILE, experiment.SUMMARY_FILE)
+          if os.path.exists(os.path.join(out_dir, name))]
+  if held:
+    raise experiment.ResultsDirError(
+        f"--out_dir {out_dir!r} already holds results ({', '.join(held)});"
+        " refusing to overwrite them, choose another --out_dir")
   connect(ray_address)
   data = experiment.load_data(data_source, mnist_dir)
   log(f"Ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g}"

@@ -425,6 +425,38 @@ def test_benchmark_flags_that_measure_nothing_or_forever_are_refused(
   assert e.value.field == field
 
 
+@pytest.mark.parametrize("case", ["out_dir_is_a_file", "out_dir_has_results",
+                                  "kill_of_no_worker"])
+def test_train_distributed_checks_folder_and_kills_before_ray_starts(
+    tmp_path, monkeypatch, case):
+  # Found by the sweep (round two): an --out_dir that is a file failed only
+  # after the whole distributed run (its results lost), earlier results were
+  # overwritten, and a bad --kill_worker was found once Ray had started.
+  ray_runtime = pytest.importorskip("eahes_jax.ray_runtime")
+
+  def no_ray(*args, **kwargs):
+    raise AssertionError("Ray started before the checks")
+
+  monkeypatch.setattr(ray_runtime, "connect", no_ray)
+  out = tmp_path / "run"
+  kills = ()
+  if case == "out_dir_is_a_file":
+    out.write_text("x")
+    error, match = experiment.ResultsDirError, "is a file"
+  elif case == "out_dir_has_results":
+    out.mkdir()
+    (out / experiment.METRICS_FILE).write_text('{"round": 0}\n')
+    error, match = experiment.ResultsDirError, "already holds results"
+  else:
+    kills = ((9, 1),)
+    error, match = config_lib.ConfigError, "kill_worker must name workers 0..1"
+  before = out.read_bytes() if out.is_file() else _snapshot(out)
+  with pytest.raises(error, match=match):
+    ray_runtime.train(CFG, str(out), data_source="sample", kills=kills,
+                      log=lambda s: None)
+  assert (out.read_bytes() if out.is_file() else _snapshot(out)) == before
+
+
 def test_idx_files_with_no_records_are_a_data_error(tmp_path):
   folder = _idx_folder(tmp_path / "mnist")
   _write_idx(folder / "train-images-idx3-ubyte",
