@@ -361,6 +361,21 @@ def test_more_workers_than_training_examples_is_a_config_error(tmp_path):
   assert e.value.field == "num_workers"
 
 
+def test_a_minibatch_larger_than_the_training_set_is_a_config_error(
+    tmp_path):
+  # Found by the sweep (round two): --batch_size=10000000 ran out of memory
+  # inside XLA (minibatches are drawn with replacement, so nothing refused
+  # it).
+  n_train = DATA.train_images.shape[0]
+  out = tmp_path / "run"
+  with pytest.raises(config_lib.ConfigError,
+                     match=f"^batch_size must be at most the training set's"
+                           f" size \\({n_train}\\)") as e:
+    run(out, CFG.replace(batch_size=n_train + 1))
+  assert e.value.field == "batch_size"
+  assert not out.exists()
+
+
 @pytest.mark.parametrize("seed,num_seeds,ok", [
     (2**32 - 1, 1, True), (2**32 - 2, 2, True), (2**32, 1, False),
     (2**32 - 1, 2, False), (2**63, 1, False), (2**64 + 5, 1, False)])
