@@ -368,7 +368,7 @@ def flag_cases(tmp: pathlib.Path) -> list[tuple]:
   cases.append(("plot", [], "reject", None, None))
   cases.append(("plot", [str(tmp / "missing")], "reject", "missing", None))
   cases.append(("plot", [str(a_file)], "reject", str(a_file), None))
-  cases.append(("plot", [str(bad)], "reject", "metrics.jsonl", None))
+  cases.append(("plot", [str(bad)], "reject", str(bad), None))
   cases.append(("plot", [str(bad), "extra"], "reject", None, None))
   return cases
 
