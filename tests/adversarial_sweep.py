@@ -694,6 +694,13 @@ def _wait_for(pred: Callable[[], bool], proc: subprocess.Popen,
   return False
 
 
+def _holds_lock(out: pathlib.Path, proc: subprocess.Popen) -> bool:
+  try:
+    return (out / ".lock").read_text().strip() == str(proc.pid)
+  except OSError:
+    return False
+
+
 def sweep_kills(tmp: pathlib.Path, base: bytes, kills: int, report,
                 rng: random.Random) -> None:
   """SIGKILLs at random points of three folders; each then resumes to the
@@ -707,9 +714,10 @@ def sweep_kills(tmp: pathlib.Path, base: bytes, kills: int, report,
       proc = start(*T, *K, f"--out_dir={d}", "--resume")
       mode = ("compile", "checkpoint_write", "random")[(f + i) % 3]
       if mode == "compile":
-        # During the first XLA compile: the "compiling" line is printed
-        # before it starts.
-        time.sleep(rng.uniform(3.0, 8.0))
+        # During the first XLA compile, which follows the lock (the run holds
+        # it, with its PID, once its signal handlers are in place).
+        _wait_for(lambda: _holds_lock(d, proc), proc, 120)
+        time.sleep(rng.uniform(0.5, 4.0))
       elif mode == "checkpoint_write":
         ckdir = d / "checkpoints"
 
@@ -750,12 +758,13 @@ def sweep_signals(tmp: pathlib.Path, base: bytes, report,
                         (2, "running")):
       d = tmp / f"sig_{sig.name}_{times}_{when}"
       proc = start(*T, *K, f"--out_dir={d}")
+      # The run holds the lock once its handlers are in place; the first
+      # XLA compile follows within a second or so and lasts several.
+      _wait_for(lambda: _holds_lock(d, proc), proc, 120)
       if when == "compile":
-        # The first chunk compiles once the "compiling" line is out; wait
-        # for the line by polling stdout's absence: a fixed delay into it.
-        time.sleep(rng.uniform(5.0, 7.0))
+        time.sleep(rng.uniform(0.3, 2.0))
       else:
-        time.sleep(rng.uniform(12.0, 18.0))
+        time.sleep(rng.uniform(10.0, 15.0))
       os.killpg(proc.pid, sig)
       if times == 2:
         time.sleep(0.2)
