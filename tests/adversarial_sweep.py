@@ -227,7 +227,8 @@ def flag_cases(tmp: pathlib.Path) -> list[tuple]:
                "eval_every", "train_eval_size", "checkpoint_every"):
     train(flag, -1)
     train(flag, 0, "either" if flag in valid_zero else "reject")
-    train(flag, HUGE)
+    # A huge checkpoint interval is a valid "never" (the run is checked).
+    train(flag, HUGE, "either" if flag == "checkpoint_every" else "reject")
     train(flag, "abc")
   for flag in ("lr", "momentum", "alpha", "overlap_ratio", "label_skew",
                "weight_decay", "failure_rate", "mean_outage",
