@@ -298,6 +298,22 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(
   assert (out / experiment.METRICS_FILE).read_bytes() == finished[1]
 
 
+def test_a_checkpoints_path_that_is_a_file_is_refused_before_any_write(
+    finished, tmp_path):
+  # Found by the sweep (round two): orbax saw no checkpoint in it, so
+  # --resume restarted at round 0, cut metrics.jsonl to nothing and failed
+  # at its first save.
+  out = resumable_copy(finished, tmp_path)
+  shutil.rmtree(out / experiment.CHECKPOINT_DIR)
+  (out / experiment.CHECKPOINT_DIR).write_text("x")
+  before = _snapshot(out)
+  for resume in (True, False):
+    with pytest.raises(experiment.ResultsDirError,
+                       match="holds 'checkpoints', which is not a folder"):
+      run(out, resume=resume)
+  assert _snapshot(out) == before
+
+
 def test_no_intact_checkpoint_is_reported_as_corrupt_not_as_divergence(
     finished, tmp_path):
   out = resumable_copy(finished, tmp_path)
