@@ -23,8 +23,9 @@ Not collected by pytest (no test_ prefix). Run it pinned to one core:
 
 ``--only=flags,idx,tamper,concurrent,kills,signals`` runs some categories;
 ``--kills=N`` sets the number of SIGKILLs (default 21). The whole sweep takes
-about half an hour on one CPU core. It needs the MNIST IDX files of
-/work/shared/data/mnist (or ``--mnist=FOLDER``) for the IDX cases.
+about an hour on one busy CPU core. The IDX cases corrupt copies of the
+MNIST IDX files in ``--mnist`` (default: $EAHES_MNIST_DIR, else
+/work/shared/data/mnist).
 """
 
 import argparse
@@ -800,7 +801,10 @@ def main() -> None:
   parser.add_argument("--kills", type=int, default=21)
   parser.add_argument("--jobs", type=int, default=3,
                       help="flag cases run side by side")
-  parser.add_argument("--mnist", default="/work/shared/data/mnist")
+  parser.add_argument(
+      "--mnist", default=os.environ.get("EAHES_MNIST_DIR",
+                                        "/work/shared/data/mnist"),
+      help="a folder of the four MNIST IDX files (.gz)")
   parser.add_argument("--seed", type=int, default=0)
   parser.add_argument("--repo", default=str(REPO),
                       help="the checkout whose binaries run")
