@@ -802,6 +802,20 @@ def binary_prologue(argv: list[str]) -> None:
     usage_error(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  # Outside a run (loading data, between a grid's runs, and after a run has
+  # been interrupted, when its own handlers are restored) a signal also ends
+  # the process in one line: Python's default raised KeyboardInterrupt
+  # through whatever was running (the sweep caught a second SIGINT there).
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, _exit_on_signal)
+
+
+def _exit_on_signal(signum, frame):
+  del frame
+  print(f"error: stopped by {signal.Signals(signum).name}; --resume continues"
+        " from the last checkpoint, if any", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  os._exit(130)  # Not sys.exit: see _SignalCatcher._handle.
 
 
 def usage_error(message: str) -> NoReturn:

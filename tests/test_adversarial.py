@@ -367,6 +367,48 @@ def test_a_second_signal_during_the_first_compile_exits_cleanly(
                    " --resume continues from the last checkpoint"], stderr
 
 
+_SIGNAL_AFTER_THE_RUN = """
+import os, signal, sys, time
+from absl import app
+from eahes_jax import config, data, experiment
+
+def main(argv):
+  experiment.binary_prologue(argv[:1])  # argv[1]: the results folder.
+  def log(line):  # The first signal arrives during the first chunk.
+    if line.startswith("compiling"):
+      os.kill(os.getpid(), signal.SIGINT)
+  try:
+    experiment.run_experiment(
+        config.SimConfig(model="mlp", num_workers=2, rounds=4, batch_size=8,
+                         eval_every=2, train_eval_size=64,
+                         eval_batch_size=64),
+        sys.argv[-1], data=data.synthetic_mnist(256, 128, 0), log=log)
+  except experiment.Interrupted as e:
+    print(experiment.main_error(e))
+  os.kill(os.getpid(), signal.SIGINT)  # The second, once the run has ended.
+  time.sleep(60)
+  print("still running")
+
+app.run(main)
+"""
+
+
+def test_a_second_signal_after_the_run_has_ended_exits_in_one_line(tmp_path):
+  # Found by the sweep (round two): a second SIGINT that arrived after the
+  # run had raised Interrupted (its handlers restored, the process on its way
+  # out) killed the process through Python's default handler.
+  proc = subprocess.run(
+      [sys.executable, "-c", _SIGNAL_AFTER_THE_RUN, str(tmp_path / "run")],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 130, proc.stderr
+  assert "still running" not in proc.stdout
+  assert error_lines(proc.stderr) == [
+      "error: stopped by SIGINT after 2 rounds; checkpoint saved, continue"
+      " with --resume",
+      "error: stopped by SIGINT; --resume continues from the last checkpoint,"
+      " if any"], proc.stderr
+
+
 # ------------------------------------------- 7, 8, 9: one line, not a trace --
 
 
