@@ -59,6 +59,7 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
+from eahes_jax import checks
 from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import execution as execution_lib
@@ -122,10 +123,12 @@ def case_config(case: Case) -> config_lib.SimConfig:
     raise ValueError(
         f"family must be one of {sorted(FAMILIES)} or a method name, got"
         f" {case.family!r}")
-  if case.rounds < 1:
-    raise ValueError(f"rounds must be an integer >= 1, got {case.rounds}")
-  if case.repeats < 1:
-    raise ValueError(f"repeats must be an integer >= 1, got {case.repeats}")
+  # ConfigErrors (ValueErrors) that name the field, as the binary's flag.
+  for field in ("rounds", "repeats"):
+    try:
+      checks.count(getattr(case, field), field, 1)
+    except checks.ArgumentError as e:
+      raise config_lib.ConfigError(str(e), field) from None
   return config_lib.SimConfig(
       method=case.method, model=case.model, num_workers=case.num_workers,
       comm_period=case.comm_period, rounds=case.rounds,
@@ -454,6 +457,12 @@ def make_cases(families: Sequence[str] = tuple(FAMILIES),
   """
   for e in executions:
     execution_lib.resolve_strategy(e)
+  for key in skip:
+    # A key that can never match would silently leave nothing out.
+    parts = key.split(":")
+    if len(parts) != 3 or not parts[2].isdigit():
+      raise config_lib.ConfigError(
+          f"skip must hold model:execution:k keys, got {key!r}", "skip")
   cases = []
   for model in models:
     for execution in executions:

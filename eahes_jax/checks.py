@@ -61,10 +61,22 @@ def number_in(value: Any, argument: str, low: float, high: float, *,
   return float(value)
 
 
+INT32_MAX = 2**31 - 1
+
+
 def integer_at_least(value: Any, argument: str, low: int) -> int:
   """``value`` as an int, checked to be an integer (not a bool) >= ``low``."""
   require(isinstance(value, numbers.Integral) and not isinstance(value, bool)
           and value >= low, argument, f"an integer >= {low}", value)
+  return int(value)
+
+
+def count(value: Any, argument: str, low: int) -> int:
+  """``value`` as an int in [low, 2**31 - 1]: a count that becomes an int32
+  inside a compiled program, where a larger one would overflow."""
+  require(isinstance(value, numbers.Integral) and not isinstance(value, bool)
+          and low <= value <= INT32_MAX, argument,
+          f"an integer in [{low}, 2**31 - 1]", value)
   return int(value)
 
 

@@ -199,8 +199,14 @@ class SimConfig:
                       ("eval_every", 1), ("eval_batch_size", 1),
                       ("train_eval_size", 0)):
       value = getattr(self, name)
-      _check(_is_int(value) and value >= low, name, f"an integer >= {low}",
-             value)
+      if name == "seed":  # The seed has its own bound below.
+        _check(_is_int(value) and value >= low, name, f"an integer >= {low}",
+               value)
+      else:
+        # Counts become int32 values inside the compiled program; a larger
+        # one overflows there (a traceback from JAX, or a schedule too long
+        # to build) instead of being refused here.
+        _ask(lambda v=value, n=name, lo=low: checks.count(v, n, lo), {})
     # Seeds become uint32 PRNG seeds: a larger one would alias a smaller one.
     _check(self.seed + self.num_seeds - 1 < 2**32, "seed",
            f"an integer with seed + num_seeds - 1 < 2**32 (num_seeds"

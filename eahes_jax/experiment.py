@@ -224,10 +224,32 @@ def _prepare(config: config_lib.SimConfig, data_source: str,
     raise config_lib.ConfigError(
         f"tensorboard_dir is set but tensorboardX is not installed:"
         f" {tensorboard_log.INSTALL_HINT}", "tensorboard_dir")
+  if tensorboard_dir is not None:
+    _check_tensorboard_dir(tensorboard_dir)
   if data is None:
     data = load_data(data_source, mnist_dir)
   simulator.check_data(config, data)
   return config, data
+
+
+def _check_tensorboard_dir(path: str) -> None:
+  """Creates the TensorBoard folder if missing, before anything is written.
+
+  Otherwise a folder that cannot be made (e.g. below a file) fails inside
+  tensorboardX once the results folder has been started.
+
+  Raises:
+    config.ConfigError: named after ``tensorboard_dir``.
+  """
+  if os.path.exists(path) and not os.path.isdir(path):
+    raise config_lib.ConfigError(
+        f"tensorboard_dir {path!r} is a file, not a folder", "tensorboard_dir")
+  try:
+    os.makedirs(path, exist_ok=True)
+  except OSError as e:
+    raise config_lib.ConfigError(
+        f"tensorboard_dir {path!r} cannot be created: {e.strerror}",
+        "tensorboard_dir") from None
 
 
 def _restore(sim: simulator.Simulation, out_dir: str, record: dict[str, Any],

@@ -1030,6 +1030,17 @@ def train(config: config_lib.SimConfig, out_dir: str, *, data_source: str,
                      checkpoint_dir=checkpoint_dir,
                      checkpoint_every=checkpoint_every,
                      kill_master=kill_master)
+  # The folder is checked before Ray starts and the run takes its time: it
+  # used to fail only in write_results, losing the finished run, and a
+  # folder of earlier results was overwritten.
+  results_folder.check_writable(out_dir)
+  held = [name for name in (results_folder.METRICS_FILE,
+                            results_folder.SUMMARY_FILE)
+          if os.path.exists(os.path.join(out_dir, name))]
+  if held:
+    raise results_folder.FolderMismatchError(
+        f"`out_dir` {out_dir!r} already holds results ({', '.join(held)});"
+        " refusing to overwrite them, choose another `out_dir`")
   connect(ray_address)
   data = experiment.load_data(data_source, mnist_dir)
   log(f"Ray: {len(ray.nodes())} node(s), {ray.cluster_resources().get('CPU', 0):g}"

@@ -255,6 +255,13 @@ def check_out_dir(out_dir: str, record: dict[str, Any], *, resume: bool,
       already holds this run without ``resume``.
   """
   check_writable(out_dir)
+  ckpt_dir = os.path.join(out_dir, CHECKPOINT_DIR)
+  if os.path.exists(ckpt_dir) and not os.path.isdir(ckpt_dir):
+    # Orbax would find no checkpoint in it: resuming would restart at round
+    # 0, cutting metrics.jsonl to nothing, and fail at the first save.
+    raise FolderMismatchError(
+        f"`out_dir` {out_dir!r} holds {CHECKPOINT_DIR!r}, which is not a"
+        " folder; refusing to touch the results, choose another `out_dir`")
   need = _MIN_FREE_BYTES + 3 * checkpoint_bytes
   free = shutil.disk_usage(out_dir).free
   if free < need:

@@ -246,10 +246,17 @@ def check_data(config: config_lib.SimConfig, data: data_lib.MNIST) -> None:
 
   Raises:
     config.ConfigError: the overlap partition would leave a worker without
-      an example of its own (named after ``num_workers``).
+      an example of its own (named after ``num_workers``), or a minibatch
+      is larger than the training set (named after ``batch_size``).
   """
   config = config.resolve()
   n_train = int(data.train_images.shape[0])
+  # Minibatches are drawn with replacement, so a larger one is not refused
+  # by the sampler; it only fails to allocate, deep inside XLA.
+  if config.batch_size > n_train:
+    raise config_lib.ConfigError(
+        f"batch_size must be at most the training set's size ({n_train}),"
+        f" got {config.batch_size}", "batch_size")
   try:
     partition.sizes(n_train, config.num_workers, config.overlap_ratio)
   except ValueError:

@@ -344,7 +344,7 @@ def dynamic(alpha: float,
   """
   alpha = _check_alpha(alpha)
   threshold = _check_threshold(threshold)
-  p = checks.integer_at_least(p, "p", 1)
+  p = checks.count(p, "p", 1)
   if coeffs is None:
     coeffs = _default_coeffs(p)
   coeffs = tuple(coeffs)

@@ -91,6 +91,12 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
         fv.methods, s["models"], s["executions"], s["workers"],
         comm_period=fv.comm_period, batch_size=s["batch_size"],
         rounds=s["rounds"], repeats=s["repeats"], conv_impl=fv.conv_impl)
+  for name in ("methods", "models", "executions", "workers"):
+    if not fv[name].value:  # An empty list would benchmark nothing.
+      raise config_lib.ConfigError(f"{name} must not be empty", name)
+  if fv.rounds is not None and fv.rounds < 1:  # 0 is not the default.
+    raise config_lib.ConfigError(
+        f"rounds must be an integer >= 1, got {fv.rounds}", "rounds")
   skip = fv.skip
   if skip is None:
     skip = (benchmarking.DEFAULT_CPU_SKIP
@@ -102,7 +108,8 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
   cases = []
   for model in fv.models:
     cases += benchmarking.make_cases(
-        fv.methods, [model], executions, [int(k) for k in workers],
+        fv.methods, [model], executions,
+        cli.parse_numbers(workers, "workers", int),
         skip=skip, comm_period=fv.comm_period, batch_size=fv.batch_size,
         rounds=fv.rounds or DEFAULT_ROUNDS[model], repeats=fv.repeats,
         conv_impl=fv.conv_impl)

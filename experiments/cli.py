@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import sys
 from typing import Any, NoReturn
 
@@ -69,6 +70,22 @@ def binary_prologue(argv: list[str]) -> None:
     usage_error(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)
+  # Outside a run (loading data, between a grid's runs, and after a run has
+  # been interrupted, when its own handlers are restored) a signal also ends
+  # the process in one line: Python's default raised KeyboardInterrupt
+  # through whatever was running (the sweep caught a second SIGINT there).
+  for sig in (signal.SIGINT, signal.SIGTERM):
+    signal.signal(sig, _exit_on_signal)
+
+
+def _exit_on_signal(signum, frame):
+  del frame
+  print(f"error: stopped by {signal.Signals(signum).name}; the last"
+        " checkpoint, if any, is kept", file=sys.stderr, flush=True)
+  sys.stdout.flush()
+  # Not sys.exit: unwinding and interpreter teardown while XLA compiles on
+  # other threads crashes (as in experiment's signal handler).
+  os._exit(130)  # pylint: disable=protected-access
 
 
 def usage_error(message: str) -> NoReturn:

@@ -26,6 +26,8 @@ Usage (torch is the optional extra: pip install -e ".[torch]"):
 """
 
 import functools
+import math
+import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -37,11 +39,14 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
+from eahes_jax import experiment
 from eahes_jax import models
 from eahes_jax.adahessian import adahessian
 from eahes_jax.hessian import hutchinson_diag
 from eahes_jax.hessian import rademacher_like
+from experiments import cli
 
 DATA_SOURCES = data_lib.SOURCES + ("synthetic",)
 
@@ -307,30 +312,43 @@ def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Loads the data, runs `run_crosscheck` and prints its report."""
   if len(argv) > 1:
-    raise app.UsageError(f"Unexpected arguments: {argv[1:]}")
+    cli.usage_error(f"unexpected arguments: {argv[1:]}")
   fv = flag_values
   try:
     report_steps = [int(s) for s in fv.report_steps]
-  except ValueError as e:
-    raise app.UsageError(f"--report_steps must be integers: {e}") from e
+  except ValueError:
+    cli.usage_error(
+        f"--report_steps must be integers, got {','.join(fv.report_steps)!r}")
+  # Checked before any data loads or compiles; JAX would take a NaN rate or
+  # an empty batch without complaint, and a seed past uint32 would alias.
+  if fv.steps < 1:
+    cli.usage_error(f"--steps must be >= 1, got {fv.steps}")
+  if fv.batch_size < 1:
+    cli.usage_error(f"--batch_size must be >= 1, got {fv.batch_size}")
+  if not (math.isfinite(fv.lr) and fv.lr > 0):
+    cli.usage_error(f"--lr must be a number > 0, got {fv.lr}")
+  if not 0 <= fv.seed < 2**32:
+    cli.usage_error(f"--seed must be in [0, 2**32), got {fv.seed}")
   report_steps = [s for s in report_steps if s <= fv.steps] or [fv.steps]
-  if fv.data_source == "synthetic":
-    mnist = data_lib.synthetic_mnist(n_train=512, n_test=256, seed=fv.seed)
-  else:
-    mnist = data_lib.load_mnist(fv.data_source, fv.mnist_dir)
+  try:
+    if fv.data_source == "synthetic":
+      mnist = data_lib.synthetic_mnist(n_train=512, n_test=256, seed=fv.seed)
+    else:
+      mnist = experiment.load_data(fv.data_source, fv.mnist_dir)
+  except (config_lib.ConfigError, data_lib.DataError) as e:
+    sys.exit(cli.main_error(e))
   try:
     # pylint: disable-next=g-import-not-at-top,unused-import
     import torch  # noqa: F401
-  except ImportError as e:
-    raise app.UsageError(
-        'PyTorch is missing; install the extra: pip install -e ".[torch]"'
-    ) from e
+  except ImportError:
+    cli.usage_error(
+        'PyTorch is missing; install the extra: pip install -e ".[torch]"')
   try:
     rows = run_crosscheck(mnist, fv.steps, report_steps, fv.lr, fv.batch_size,
                           fv.seed, control=fv.control,
                           torch_mkldnn=fv.torch_mkldnn)
-  except ValueError as e:
-    raise app.UsageError(str(e)) from e
+  except ValueError as e:  # A report step outside [1, steps].
+    cli.usage_error(str(e))
   print(format_report(rows, (
       f"small_cnn, AdaHessian lr={fv.lr}, batch {fv.batch_size}, one worker,"
       f" seed {fv.seed}, data {mnist.source}"

@@ -55,6 +55,8 @@ def main(argv: Sequence[str],
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments: {argv[1:]}")
   fv = flag_values
+  if not fv.models:  # An empty list would measure nothing and say so as 0.
+    cli.usage_error("--models must not be empty")
   try:
     results = hessian_cost.run_benchmark(
         fv.models, fv.batch_size, fv.repeats, conv_impl=fv.conv_impl,

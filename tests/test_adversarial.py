@@ -24,6 +24,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
+from absl import flags
 import pytest
 
 from eahes_jax import checkpoint as checkpoint_lib
@@ -32,8 +33,9 @@ from eahes_jax import data as data_lib
 from eahes_jax import elastic
 from eahes_jax import experiment
 from eahes_jax import grid
-from eahes_jax import simulator
 from eahes_jax import results_folder
+from eahes_jax import simulator
+from experiments import benchmark
 from experiments import cli
 from tests.conftest import tiny_mnist
 from tests.test_experiments import error_lines
@@ -298,6 +300,22 @@ def test_resume_falls_back_past_a_corrupt_newest_checkpoint(
   assert (out / results_folder.METRICS_FILE).read_bytes() == finished[1]
 
 
+def test_a_checkpoints_path_that_is_a_file_is_refused_before_any_write(
+    finished, tmp_path):
+  # Found by the sweep (round two): orbax saw no checkpoint in it, so
+  # --resume restarted at round 0, cut metrics.jsonl to nothing and failed
+  # at its first save.
+  out = resumable_copy(finished, tmp_path)
+  shutil.rmtree(out / results_folder.CHECKPOINT_DIR)
+  (out / results_folder.CHECKPOINT_DIR).write_text("x")
+  before = _snapshot(out)
+  for resume in (True, False):
+    with pytest.raises(results_folder.ResultsDirError,
+                       match="holds 'checkpoints', which is not a folder"):
+      run(out, resume=resume)
+  assert _snapshot(out) == before
+
+
 def test_no_intact_checkpoint_is_reported_as_corrupt_not_as_divergence(
     finished, tmp_path):
   out = resumable_copy(finished, tmp_path)
@@ -352,6 +370,49 @@ def test_a_second_signal_during_the_first_compile_exits_cleanly(
                    " it)"], stderr
 
 
+_SIGNAL_AFTER_THE_RUN = """
+import os, signal, sys, time
+from absl import app
+from eahes_jax import config, data, experiment
+from experiments import cli
+
+def main(argv):
+  cli.binary_prologue(argv[:1])  # argv[1]: the results folder.
+  def log(line):  # The first signal arrives during the first chunk.
+    if line.startswith("compiling"):
+      os.kill(os.getpid(), signal.SIGINT)
+  try:
+    experiment.run_experiment(
+        config.SimConfig(model="mlp", num_workers=2, rounds=4, batch_size=8,
+                         eval_every=2, train_eval_size=64,
+                         eval_batch_size=64),
+        sys.argv[-1], data=data.synthetic_mnist(256, 128, 0), log=log)
+  except experiment.Interrupted as e:
+    print(cli.main_error(e))
+  os.kill(os.getpid(), signal.SIGINT)  # The second, once the run has ended.
+  time.sleep(60)
+  print("still running")
+
+app.run(main)
+"""
+
+
+def test_a_second_signal_after_the_run_has_ended_exits_in_one_line(tmp_path):
+  # Found by the sweep (round two): a second SIGINT that arrived after the
+  # run had raised Interrupted (its handlers restored, the process on its way
+  # out) killed the process through Python's default handler.
+  proc = subprocess.run(
+      [sys.executable, "-c", _SIGNAL_AFTER_THE_RUN, str(tmp_path / "run")],
+      cwd=REPO, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 130, proc.stderr
+  assert "still running" not in proc.stdout
+  assert error_lines(proc.stderr) == [
+      "error: stopped by SIGINT after 2 rounds; checkpoint saved, continue"
+      " with --resume",
+      "error: stopped by SIGINT; the last checkpoint, if any, is kept"
+  ], proc.stderr
+
+
 # ------------------------------------------- 7, 8, 9: one line, not a trace --
 
 
@@ -360,6 +421,21 @@ def test_more_workers_than_training_examples_is_a_config_error(tmp_path):
                      match="num_workers must leave every worker") as e:
     run(tmp_path / "run", CFG.replace(num_workers=300))
   assert e.value.field == "num_workers"
+
+
+def test_a_minibatch_larger_than_the_training_set_is_a_config_error(
+    tmp_path):
+  # Found by the sweep (round two): --batch_size=10000000 ran out of memory
+  # inside XLA (minibatches are drawn with replacement, so nothing refused
+  # it).
+  n_train = DATA.train_images.shape[0]
+  out = tmp_path / "run"
+  with pytest.raises(config_lib.ConfigError,
+                     match=f"^batch_size must be at most the training set's"
+                           f" size \\({n_train}\\)") as e:
+    run(out, CFG.replace(batch_size=n_train + 1))
+  assert e.value.field == "batch_size"
+  assert not out.exists()
 
 
 @pytest.mark.parametrize("seed,num_seeds,ok", [
@@ -372,6 +448,90 @@ def test_seeds_must_fit_in_32_bits(seed, num_seeds, ok):
   with pytest.raises(config_lib.ConfigError, match="^seed must be") as e:
     config_lib.SimConfig(seed=seed, num_seeds=num_seeds)
   assert e.value.field == "seed"
+
+
+@pytest.mark.parametrize("field", [
+    "num_workers", "comm_period", "rounds", "batch_size", "hessian_samples",
+    "dw_history", "num_seeds", "eval_every", "eval_batch_size",
+    "train_eval_size"])
+def test_counts_beyond_int32_are_a_config_error(field):
+  # Found by the sweep (round two): --comm_period=2**63 passed validation
+  # and overflowed inside JAX (a traceback); --rounds=2**63 hung building
+  # the chunk schedule.
+  if field != "dw_history":  # That many dw_coeffs would not fit in memory.
+    config_lib.SimConfig(**{field: 2**31 - 1})
+  for value in (2**31, 2**63):
+    with pytest.raises(config_lib.ConfigError,
+                       match=rf"^{field} must be an integer in") as e:
+      config_lib.SimConfig(**{field: value})
+    assert e.value.field == field
+
+
+def test_a_tensorboard_dir_below_a_file_is_refused_before_any_write(
+    tmp_path):
+  # Found by the sweep (round two): tensorboardX failed with a traceback
+  # after config.json and an empty metrics.jsonl had been written, so the
+  # same command then said the folder "already holds this run".
+  a_file = tmp_path / "a_file"
+  a_file.write_text("x")
+  out = tmp_path / "run"
+  for tb in (a_file, a_file / "tb"):
+    with pytest.raises(config_lib.ConfigError,
+                       match=f"^tensorboard_dir '{tb}' ") as e:
+      run(out, tensorboard_dir=str(tb))
+    assert e.value.field == "tensorboard_dir"
+    assert sorted(p.name for p in out.iterdir()) == []
+
+
+@pytest.mark.parametrize("args,field", [
+    (["--workers="], "workers"), (["--workers=abc"], "workers"),
+    (["--models="], "models"), (["--methods="], "methods"),
+    (["--executions="], "executions"), (["--rounds=0"], "rounds"),
+    (["--repeats=0"], "repeats"), ([f"--repeats={2**63}"], "repeats"),
+    (["--skip=garbage"], "skip")])
+def test_benchmark_flags_that_measure_nothing_or_forever_are_refused(
+    args, field):
+  # Found by the sweep (round two): empty lists and a malformed --skip were
+  # taken (exit 0, nothing or everything measured), --rounds=0 silently meant
+  # the default, and errors did not name their flag.
+  fv = flags.FlagValues()
+  benchmark.define_flags(fv)
+  fv(["benchmark", "--models=mlp", "--executions=map", "--workers=1", *args])
+  with pytest.raises(config_lib.ConfigError) as e:
+    benchmark.cases_from_flags(fv)
+  assert e.value.field == field
+
+
+@pytest.mark.parametrize("case", ["out_dir_is_a_file", "out_dir_has_results",
+                                  "kill_of_no_worker"])
+def test_train_distributed_checks_folder_and_kills_before_ray_starts(
+    tmp_path, monkeypatch, case):
+  # Found by the sweep (round two): an --out_dir that is a file failed only
+  # after the whole distributed run (its results lost), earlier results were
+  # overwritten, and a bad --kill_worker was found once Ray had started.
+  ray_runtime = pytest.importorskip("eahes_jax.ray_runtime")
+
+  def no_ray(*args, **kwargs):
+    raise AssertionError("Ray started before the checks")
+
+  monkeypatch.setattr(ray_runtime, "connect", no_ray)
+  out = tmp_path / "run"
+  kills = ()
+  if case == "out_dir_is_a_file":
+    out.write_text("x")
+    error, match = results_folder.ResultsDirError, "is a file"
+  elif case == "out_dir_has_results":
+    out.mkdir()
+    (out / results_folder.METRICS_FILE).write_text('{"round": 0}\n')
+    error, match = results_folder.ResultsDirError, "already holds results"
+  else:
+    kills = ((9, 1),)
+    error, match = config_lib.ConfigError, "kill_worker must name workers 0..1"
+  before = out.read_bytes() if out.is_file() else _snapshot(out)
+  with pytest.raises(error, match=match):
+    ray_runtime.train(CFG, str(out), data_source="sample", kills=kills,
+                      log=lambda s: None)
+  assert (out.read_bytes() if out.is_file() else _snapshot(out)) == before
 
 
 def test_idx_files_with_no_records_are_a_data_error(tmp_path):
@@ -460,6 +620,14 @@ def test_an_out_dir_that_is_a_file_is_reported_as_a_file(tmp_path):
      r"error: unexpected arguments"),
     ("plot", ["{bad_metrics}"], r"error: .*metrics\.jsonl: line 1"),
     ("plot", [], r"error: usage: python -m experiments.plot"),
+    # Found by the sweep (round two): the whole help, or a run with NaN.
+    ("crosscheck_torch", ["stray"], r"error: unexpected arguments"),
+    ("crosscheck_torch", ["--report_steps=abc"],
+     "error: --report_steps must be integers"),
+    ("crosscheck_torch", ["--lr=nan"], "error: --lr must be a number > 0"),
+    ("crosscheck_torch", ["--batch_size=0"], "error: --batch_size must be"),
+    ("crosscheck_torch", [f"--seed={2**63}"], "error: --seed must be"),
+    ("hessian_benchmark", ["--models="], "error: --models must not be empty"),
 ])
 def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
                                                message):
@@ -472,6 +640,9 @@ def test_bad_command_lines_are_one_line_errors(tmp_path, module, args,
   (bad / results_folder.METRICS_FILE).write_text('{"round": 0,\n')
   out = tmp_path / "out"
   args = [a.format(file=a_file, bad_metrics=bad, out=out) for a in args]
+  if module == "crosscheck_torch":  # Short, should a bad value be taken.
+    args = ["--data_source=synthetic", "--steps=2", "--report_steps=1",
+            "--nocontrol", *args]
   if module == "train":
     args = [*TRAIN, *args]
     if not any(a.startswith("--out_dir") for a in args):

@@ -315,7 +315,8 @@ def test_no_free_space_fails_before_anything_compiles(tmp_path, monkeypatch):
                       lambda p: types.SimpleNamespace(
                           total=10 << 30, used=10 << 30, free=1 << 20))
   out = tmp_path / "full"
-  config = config_lib.SimConfig(model="mlp", num_workers=2, rounds=2)
+  config = config_lib.SimConfig(model="mlp", num_workers=2, rounds=2,
+                                batch_size=8)  # No larger than the data.
   tiny = data_lib.MNIST(*(np.zeros(s, dt) for s, dt in (
       ((8, 28, 28, 1), np.float32), ((8,), np.int32),
       ((4, 28, 28, 1), np.float32), ((4,), np.int32))), source="synthetic")
