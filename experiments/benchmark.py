@@ -50,7 +50,6 @@ as XLA uses, the cores the process may run on (--torch_threads overrides).
 """
 
 import json
-import sys
 from collections.abc import Sequence
 
 from absl import app
@@ -193,7 +192,7 @@ def main(argv: Sequence[str],
     if fv.json_out:  # Before the benchmark, not after it.
       cli.check_output_file(fv.json_out, "json_out")
   except config_lib.ConfigError as e:
-    sys.exit(cli.main_error(e))
+    cli.exit_with(e)
   except (ValueError, KeyError) as e:
     cli.usage_error(str(e))
 

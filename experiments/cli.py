@@ -150,3 +150,19 @@ def main_error(e: BaseException) -> int:
     message = "--" + message
   print(f"error: {message}", file=sys.stderr, flush=True)
   return 130 if isinstance(e, experiment.Interrupted) else 1
+
+
+def exit_with(e: BaseException) -> NoReturn:
+  """Prints ``main_error``'s line and ends the process with its code.
+
+  An interrupted run ends at once (``os._exit``): a second SIGINT or SIGTERM
+  arriving while the interpreter shuts down would otherwise meet Python's
+  default handler and end the process by the signal (status -2) instead of
+  with this line's 130.
+  """
+  code = main_error(e)
+  if isinstance(e, experiment.Interrupted):
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)  # pylint: disable=protected-access
+  sys.exit(code)

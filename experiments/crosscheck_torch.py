@@ -27,7 +27,6 @@ Usage (torch is the optional extra: pip install -e ".[torch]"):
 
 import functools
 import math
-import sys
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -336,7 +335,7 @@ def main(argv: Sequence[str],
     else:
       mnist = experiment.load_data(fv.data_source, fv.mnist_dir)
   except (config_lib.ConfigError, data_lib.DataError) as e:
-    sys.exit(cli.main_error(e))
+    cli.exit_with(e)
   try:
     # pylint: disable-next=g-import-not-at-top,unused-import
     import torch  # noqa: F401

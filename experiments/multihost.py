@@ -21,7 +21,6 @@ to compare with. The data (synthetic, or the bundled sample) is the same on ever
 process, as each draws it from the same seed.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -115,7 +114,7 @@ def main(argv):
   try:
     result = run(make_config(), load_data(_DATA_SOURCE.value))
   except config_lib.ConfigError as e:
-    sys.exit(cli.main_error(e))
+    cli.exit_with(e)
   except ValueError as e:
     cli.usage_error(str(e))
   if jax.process_index() == 0:

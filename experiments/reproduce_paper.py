@@ -29,7 +29,6 @@ short smoke test of the whole pipeline:
       --overlap_ratios=0,0.5
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -132,7 +131,7 @@ def main(argv):
                   checkpoint_every=_CHECKPOINT_EVERY.value,
                   tensorboard=_TENSORBOARD.value and tensorboard_log.available())
   except cli.EXPECTED_ERRORS as e:
-    sys.exit(cli.main_error(e))
+    cli.exit_with(e)
 
 
 if __name__ == "__main__":

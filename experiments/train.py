@@ -16,7 +16,6 @@ which includes XLA's compilation (tens of seconds on a CPU); rates and the time
 left are measured from the second chunk on.
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -59,7 +58,7 @@ def main(argv):
         tensorboard_dir=tensorboard_log.resolve_dir(_TENSORBOARD_DIR.value,
                                                     out_dir))
   except cli.EXPECTED_ERRORS as e:
-    sys.exit(cli.main_error(e))
+    cli.exit_with(e)
 
 
 if __name__ == "__main__":

@@ -15,7 +15,6 @@ restarted by Ray and goes on from where it died (--kill_master=R kills it at
 round R, for tests and demos).
 """
 
-import sys
 
 from absl import app
 from absl import flags
@@ -86,7 +85,7 @@ def main(argv):
                       kills=kills, checkpoint_every=_CHECKPOINT_EVERY.value,
                       kill_master=[int(r) for r in _KILL_MASTER.value])
   except cli.EXPECTED_ERRORS + (ray_runtime.RayUnavailableError,) as e:
-    sys.exit(cli.main_error(e))
+    cli.exit_with(e)
 
 
 if __name__ == "__main__":
