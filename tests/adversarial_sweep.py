@@ -696,6 +696,13 @@ def _wait_for(pred: Callable[[], bool], proc: subprocess.Popen,
   return False
 
 
+def _rows(out: pathlib.Path) -> int:
+  try:
+    return (out / "metrics.jsonl").read_bytes().count(b"\n")
+  except OSError:
+    return 0
+
+
 def _holds_lock(out: pathlib.Path, proc: subprocess.Popen) -> bool:
   try:
     return (out / ".lock").read_text().strip() == str(proc.pid)
@@ -766,7 +773,11 @@ def sweep_signals(tmp: pathlib.Path, base: bytes, report,
       if when == "compile":
         time.sleep(rng.uniform(0.3, 2.0))
       else:
-        time.sleep(rng.uniform(10.0, 15.0))
+        # Mid-run for certain: after the first chunks' rows, well before the
+        # last (a fixed sleep let a fast run finish first, then an exit 0
+        # looked like an ignored signal).
+        rows = rng.randint(10, 30)
+        _wait_for(lambda: _rows(d) >= rows, proc, 300)
       os.killpg(proc.pid, sig)
       if times == 2:
         time.sleep(0.2)
