@@ -183,6 +183,8 @@ def run_experiment(config: config_lib.SimConfig, out_dir: str, *,
                           tensorboard_dir, data)
   record = folder_lib.run_record(config, data.source)
   folder_lib.check_writable(out_dir)
+  if tensorboard_dir is not None:
+    _check_tensorboard_dir(tensorboard_dir)
   # Signals are caught from here on, so a second one never unwinds through
   # an XLA compile; the lock is held until the run ends.
   with _SignalCatcher() as signals, folder_lib.lock_out_dir(out_dir):
@@ -224,8 +226,6 @@ def _prepare(config: config_lib.SimConfig, data_source: str,
     raise config_lib.ConfigError(
         f"tensorboard_dir is set but tensorboardX is not installed:"
         f" {tensorboard_log.INSTALL_HINT}", "tensorboard_dir")
-  if tensorboard_dir is not None:
-    _check_tensorboard_dir(tensorboard_dir)
   if data is None:
     data = load_data(data_source, mnist_dir)
   simulator.check_data(config, data)
