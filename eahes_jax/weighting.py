@@ -21,6 +21,7 @@ from typing import Any, Callable, NamedTuple, Optional, Sequence
 
 import chex
 import jax.numpy as jnp
+import numpy as np
 
 from eahes_jax import checks
 from eahes_jax import elastic
@@ -355,7 +356,9 @@ def dynamic(alpha: float,
   checks.require(abs(sum(coeffs) - 1.0) <= _COEFFS_TOL, "coeffs",
                  f"numbers summing to 1 (tolerance {_COEFFS_TOL})", coeffs)
   checks.one_of(master_estimate, "master_estimate", MASTER_ESTIMATES)
-  coeffs_array = jnp.asarray(coeffs, jnp.float32)
+  # A NumPy constant, not a device array: building a policy (as SimConfig's
+  # checks do) must not start a JAX backend.
+  coeffs_array = np.asarray(coeffs, np.float32)
 
   def init(num_workers: int) -> DynamicState:
     check_num_workers(master_estimate, num_workers)

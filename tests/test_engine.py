@@ -144,3 +144,22 @@ def test_failure_settings_build_the_models_the_simulator_ran():
     got = failures.schedule(failures.from_settings(**settings), key, 20, 4, 2)
     want = failures.schedule(model, key, 20, 4, 2)
     chex.assert_trees_all_equal(got, want)
+
+
+def test_building_a_config_starts_no_jax_backend():
+  # SimConfig asks the constructors to check its fields; none of them may
+  # create a device array, or a config built before
+  # jax.distributed.initialize() (or before XLA_FLAGS are final) would
+  # start the backend too early.
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  code = (
+      "from jax._src import xla_bridge as xb\n"
+      "from eahes_jax import config\n"
+      "for m in config.choices()['method']:\n"
+      "  config.SimConfig(method=m, failure_model='bursty', mean_outage=5.0,\n"
+      "                   straggler_rate=0.2, dw_master_estimate='peer_mean')\n"
+      "print(sorted(xb._backends))\n")
+  out = subprocess.run([sys.executable, "-c", code], capture_output=True,
+                       text=True, check=True).stdout
+  assert out.strip() == "[]"
