@@ -14,8 +14,12 @@ and says so in its commit; anything else that breaks this test is a bug.
 import os
 import pathlib
 
+import flax.linen as nn
+import pytest
+
 from eahes_jax import config as config_lib
 from eahes_jax import experiment
+from eahes_jax import models
 from eahes_jax import results_folder
 from tests.conftest import tiny_mnist
 
@@ -36,3 +40,36 @@ def test_fixed_seed_metrics_are_byte_identical_to_the_golden_file(tmp_path):
   assert produced == GOLDEN.read_bytes(), (
       "metrics.jsonl of the fixed-seed run changed; if the numerics are"
       " meant to change, regenerate tests/golden (see this file's docstring)")
+
+
+# The CNNs on real digits (constant backgrounds, so max-pool windows tie):
+# max-pooling's formulation (models.max_pool2 against nn.max_pool's
+# reduce_window) must not move a bit of a run. Compared within one process
+# rather than against a stored file, because the CNNs' matmuls round
+# differently with the number of cores XLA's CPU backend is given.
+CNN_CONFIGS = {
+    "eahes_o_small_cnn": config_lib.SimConfig(
+        method="EAHES-O", model="small_cnn", num_workers=2, comm_period=2,
+        rounds=2, batch_size=16, num_seeds=1, seed=3, eval_every=1,
+        train_eval_size=64, eval_batch_size=64, execution="map"),
+    "eahes_cnn": config_lib.SimConfig(
+        method="EAHES", model="cnn", num_workers=2, comm_period=1,
+        rounds=2, batch_size=8, num_seeds=1, seed=3, eval_every=1,
+        train_eval_size=32, eval_batch_size=32, execution="map"),
+}
+
+
+def _reduce_window_pool(x):
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+
+
+@pytest.mark.parametrize("name", sorted(CNN_CONFIGS))
+def test_cnn_runs_are_byte_identical_under_either_max_pool(
+    name, tmp_path, sample_mnist, monkeypatch):
+  def metrics(out):
+    experiment.run_experiment(CNN_CONFIGS[name], str(tmp_path / out),
+                              data=sample_mnist, log=lambda s: None)
+    return (tmp_path / out / results_folder.METRICS_FILE).read_bytes()
+  produced = metrics("max_pool2")
+  monkeypatch.setattr(models, "max_pool2", _reduce_window_pool)
+  assert metrics("reduce_window") == produced

@@ -183,3 +183,49 @@ def test_init_params_returns_the_params_collection():
   different = models.init_params(mlp, jax.random.key(1))
   assert not np.allclose(params["fc1"]["kernel"], different["fc1"]["kernel"])
   assert models.param_count({"a": jnp.zeros((2, 3)), "b": [jnp.zeros(4)]}) == 10
+
+
+def _tied_activations(key, shape=(3, 8, 12, 4)):
+  """Activations with many ties: a zero band (a digit's background) and
+  values rounded to halves."""
+  x = jnp.round(jax.random.normal(key, shape) * 2) / 2
+  return x.at[:, :4].set(0.0)
+
+
+def _reference_pool(x):
+  return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
+
+
+def test_max_pool2_value_and_gradient_are_nn_max_pool_bit_for_bit():
+  x = _tied_activations(jax.random.PRNGKey(0))
+  g = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 6, 4))
+  np.testing.assert_array_equal(models.max_pool2(x), _reference_pool(x))
+  grad = lambda pool: jax.grad(lambda x: jnp.sum(pool(x) * g))(x)
+  np.testing.assert_array_equal(grad(models.max_pool2), grad(_reference_pool))
+
+
+def test_max_pool2_routes_a_tie_to_the_first_maximum():
+  # Each window of one is [[0, 1], [1, 0]]: the tie is between members 1 and
+  # 2 (row-major); select_and_scatter and PyTorch give member 1 everything.
+  x = jnp.array([0., 1., 1., 0.]).reshape(1, 2, 2, 1)
+  t = jnp.array([1., 10., 100., 1000.]).reshape(1, 2, 2, 1)
+  assert float(jax.jvp(models.max_pool2, (x,), (t,))[1].squeeze()) == 10.
+  grad = jax.grad(lambda x: models.max_pool2(x).sum())(x)
+  np.testing.assert_array_equal(grad.ravel(), [0., 1., 0., 0.])
+
+
+def test_max_pool2_hessian_vector_product_is_nn_max_pool_bit_for_bit():
+  # Hutchinson's Hz is a jvp of the gradient (forward over reverse); with ties
+  # a rule that let jnp.max differentiate the value would split the tangent.
+  x = _tied_activations(jax.random.PRNGKey(2))
+  g = jax.random.normal(jax.random.PRNGKey(3), (3, 4, 6, 4))
+  z = jax.random.normal(jax.random.PRNGKey(4), x.shape)
+  def hz(pool):
+    grad = jax.grad(lambda x: jnp.sum(jnp.tanh(pool(x)) * g))
+    return jax.jvp(grad, (x,), (z,))[1]
+  np.testing.assert_array_equal(hz(models.max_pool2), hz(_reference_pool))
+
+
+def test_max_pool2_rejects_odd_sizes():
+  with pytest.raises(ValueError, match="H and W even"):
+    models.max_pool2(jnp.zeros((1, 5, 4, 1)))
