@@ -198,9 +198,10 @@ def dw_sweep(scale: Scale = Scale(), base: config_lib.SimConfig | None = None
   each failure setting, each paired against EAHES-O in the same setting."""
   b = _base(scale, base)
   runs, out = [], []
-  for failures, fields in _FAILURES.items():
-    if failures == "bursty5":
-      continue
+  # Long outages first: where a returning worker is really stale and the
+  # weighting should earn its keep, so a sweep cut short has decided that.
+  for failures in ("bursty20", "bernoulli", "crash"):
+    fields = _FAILURES[failures]
     runs.append((f"EAHES-O_{failures}", b.replace(method="EAHES-O",
                                                   **fields)))
     for p, coeffs in grid.DW_COEFFS.items():
