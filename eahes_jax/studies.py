@@ -365,8 +365,9 @@ def readings_table(study: Study, out_dir: str,
 
 
 def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
-  """Markdown: each family's accuracy per learning rate, its best rate, and
-  the best rates paired against each other.
+  """Markdown: each family's accuracy per learning rate, its best rate, the
+  best rates paired against each other, and the families paired at every
+  rate both ran.
 
   Picking each family's best rate on the same seeds that judge it favours
   every family alike; the table says so.
@@ -403,6 +404,15 @@ def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
       d = stats.paired_difference(best[a][1], best[b][1])
       lines.append(f"| {a} (lr {best[a][0]:g}) | {b} (lr {best[b][0]:g}) |"
                    f" {d.format()} | {d.wins}/{d.n} |")
+  same_rate = [(a, b, lr) for i, a in enumerate(names) for b in names[i + 1:]
+               for lr in sorted(set(by_family[a]) & set(by_family[b]))]
+  if same_rate:
+    lines += ["", "Each rate both families ran, paired (the same seeds):", "",
+              "| lr | a | b | a − b [95 % CI] | a ahead on |",
+              "|---|---|---|---|---|"]
+    for a, b, lr in same_rate:
+      d = stats.paired_difference(by_family[a][lr], by_family[b][lr])
+      lines.append(f"| {lr:g} | {a} | {b} | {d.format()} | {d.wins}/{d.n} |")
   if unfinished:
     lines += ["", f"Not finished, left out: {', '.join(unfinished)}."]
   return "\n".join(lines) + "\n"

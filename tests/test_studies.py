@@ -7,6 +7,9 @@ import shutil
 import pytest
 
 from eahes_jax import config as config_lib
+from eahes_jax import claims
+from eahes_jax import plotting
+from eahes_jax import stats
 from eahes_jax import studies
 from eahes_jax import study_figures
 from eahes_jax import results_folder
@@ -126,3 +129,15 @@ def test_lr_sweep_table_leaves_out_a_run_still_training(study_dir, tmp_path):
   assert "Not finished, left out: DEAHES-O_disconnect_tau1." in table
   full = studies.lr_sweep_table(str(out))
   assert "| DEAHES-O | 0.01 |" in full and "Not finished" not in full
+
+
+def test_lr_sweep_table_pairs_the_families_at_every_shared_rate(study_dir):
+  out, _ = study_dir
+  table = studies.lr_sweep_table(str(out))
+  runs = {name: plotting.load_run(str(out / "runs" / name))
+          for name in ("DEAHES-O_disconnect_tau1", "EAHES-O_disconnect_tau1")}
+  d = stats.paired_difference(
+      claims.per_seed(runs["DEAHES-O_disconnect_tau1"], "late"),
+      claims.per_seed(runs["EAHES-O_disconnect_tau1"], "late"))
+  assert (f"| 0.01 | DEAHES-O | EAHES-O | {d.format()} | {d.wins}/{d.n} |"
+          in table.split("Each rate both families ran")[1])
