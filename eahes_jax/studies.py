@@ -364,14 +364,12 @@ def readings_table(study: Study, out_dir: str,
   return "\n".join(lines) + "\n"
 
 
-def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
-  """Markdown: each family's accuracy per learning rate, its best rate, the
-  best rates paired against each other, and the families paired at every
-  rate both ran.
-
-  Picking each family's best rate on the same seeds that judge it favours
-  every family alike; the table says so.
-  """
+def lr_sweep_results(out_dir: str, quantity: str = "late"
+                     ) -> tuple[dict[str, dict[float, dict[int, float]]],
+                                list[str]]:
+  """A learning-rate sweep's stored results: {method: {lr: {seed: value}}}
+  of ``quantity`` (``claims.per_seed``), and the names of runs still
+  training, which are left out (their "late third" is not the run's)."""
   by_family: dict[str, dict[float, dict[int, float]]] = {}
   runs_dir = os.path.join(out_dir, grid.RUNS_DIR)
   unfinished = []
@@ -381,11 +379,22 @@ def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
     if run is None:
       continue
     if not results_folder.is_complete(run_dir):
-      # A run still training: its "late third" is not the run's.
       unfinished.append(name)
       continue
     by_family.setdefault(run.config["method"], {})[run.config["lr"]] = (
         claims.per_seed(run, quantity))
+  return by_family, unfinished
+
+
+def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
+  """Markdown: each family's accuracy per learning rate, its best rate, the
+  best rates paired against each other, and the families paired at every
+  rate both ran.
+
+  Picking each family's best rate on the same seeds that judge it favours
+  every family alike; the table says so.
+  """
+  by_family, unfinished = lr_sweep_results(out_dir, quantity)
   lines = ["| method | lr | test accuracy (late third, mean ± std) |",
            "|---|---|---|"]
   best = {}

@@ -160,6 +160,10 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
              f" {c['failure_rate']:.3g}")
   if name == "lr_sweep":
     write("lr_sweep.md", studies.lr_sweep_table(results_dir))
+    by_family, _ = studies.lr_sweep_results(results_dir)
+    if by_family:
+      written.append(plot_lr_sweep(
+          by_family, os.path.join(out_dir, "lr_sweep.png"), caption))
   elif study.readings:
     write(f"{name}.md", "## Final test accuracy\n\n"
           + studies.readings_table(study, results_dir, "final")
@@ -176,6 +180,32 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
           natural, os.path.join(out_dir, "mechanism_roc.png"), caption))
     write("mechanism_events.md", mechanism.summary_table(analyses))
   return written
+
+
+def plot_lr_sweep(by_family: dict[str, dict[float, dict[int, float]]],
+                  path: str, caption: str = "") -> str:
+  """Each family's test accuracy (last third of the rounds) against its
+  learning rate: the mean over seeds with a 95 % Student-t interval of the
+  mean, on a log rate axis."""
+  fig = matplotlib.figure.Figure(figsize=(6.4, 4.2))
+  ax = fig.add_subplot()
+  for method, by_lr in sorted(by_family.items()):
+    rates = sorted(by_lr)
+    summaries = [stats.describe(list(by_lr[lr].values())) for lr in rates]
+    means = np.array([d.mean for d in summaries])
+    half = np.array([stats.t_quantile(0.95, d.n - 1) * d.std / np.sqrt(d.n)
+                     if d.n > 1 else 0.0 for d in summaries])
+    ax.errorbar(rates, means, yerr=half, marker="o", capsize=3, label=method)
+  ax.set_xscale("log")
+  ax.set_xlabel("learning rate")
+  ax.set_ylabel("test accuracy, last third of the rounds")
+  ax.set_title("Each family over its learning rate (mean, 95 % CI)")
+  ax.grid(True, alpha=0.3)
+  ax.legend()
+  if caption:
+    fig.subplots_adjust(bottom=0.2)  # room for the caption under the label
+    fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7)
+  return _save(fig, path)
 
 
 def plot_paired_differences(runs, reference: str, path: str) -> str | None:

@@ -141,3 +141,12 @@ def test_lr_sweep_table_pairs_the_families_at_every_shared_rate(study_dir):
       claims.per_seed(runs["EAHES-O_disconnect_tau1"], "late"))
   assert (f"| 0.01 | DEAHES-O | EAHES-O | {d.format()} | {d.wins}/{d.n} |"
           in table.split("Each rate both families ran")[1])
+
+
+def test_plot_lr_sweep_draws_each_family_with_its_interval(tmp_path):
+  by_family = {"EASGD": {0.01: {0: 0.90, 1: 0.92}, 0.1: {0: 0.95, 1: 0.97}},
+               "EAHES": {0.01: {0: 0.91, 1: 0.91}}}
+  path = study_figures.plot_lr_sweep(by_family, str(tmp_path / "lr.png"),
+                                     "caption")
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
