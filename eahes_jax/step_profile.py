@@ -1,7 +1,7 @@
 """Where one local step's time goes: XLA's per-operation profile.
 
 ``profile_steps`` jits ``steps`` local steps of one model, as a ``lax.scan``
-(a gradient step for the SGD family, a Hutchinson step for AdaHessian, each
+over ``steps`` random minibatches (a gradient step for the SGD family, a Hutchinson step for AdaHessian, each
 followed by a plain parameter update), runs it under ``jax.profiler.trace``
 and sums the trace's events per name. XLA's CPU runtime records every
 fusion, dot, concatenate or scatter of the compiled step as one event (the
@@ -87,36 +87,40 @@ def profile_steps(model_name: str, family: str = "sgd", batch_size: int = 64,
   model = models.get_model(model_name, **kwargs)
   k_params, k_x, k_y, k_run = jax.random.split(jax.random.key(seed), 4)
   params = models.init_params(model, k_params)
-  x = jax.random.normal(k_x, (batch_size,) + models.INPUT_SHAPE)
-  y = jax.random.randint(k_y, (batch_size,), 0, models.NUM_CLASSES)
+  # A new minibatch every step, as in training: with one fixed batch XLA
+  # would compute anything that depends on the images alone (conv1's im2col
+  # patches) once, outside the steps, and the profile would miss it.
+  xs = jax.random.normal(k_x, (steps, batch_size) + models.INPUT_SHAPE)
+  ys = jax.random.randint(k_y, (steps, batch_size), 0, models.NUM_CLASSES)
 
-  def loss_fn(p, dropout_key):
+  def loss_fn(p, x, y, dropout_key):
     logits = model.apply({"params": p}, x, train=True,
                          rngs={"dropout": dropout_key})
     return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean()
 
   @jax.jit
-  def run(params, key):
-    def step(carry, _):
+  def run(params, key, xs, ys):
+    def step(carry, batch):
       p, key = carry
+      x, y = batch
       key, dropout_key, probe_key = jax.random.split(key, 3)
       if family == "sgd":
-        g = jax.grad(loss_fn)(p, dropout_key)
+        g = jax.grad(loss_fn)(p, x, y, dropout_key)
         update = g
       else:
-        _, g, hz = hutchinson_diag(lambda q: loss_fn(q, dropout_key), p,
-                                   probe_key)
+        _, g, hz = hutchinson_diag(lambda q: loss_fn(q, x, y, dropout_key),
+                                   p, probe_key)
         update = jax.tree.map(lambda a, b: a * jnp.abs(b), g, hz)
       return (jax.tree.map(lambda a, u: a - 1e-3 * u, p, update), key), None
-    return jax.lax.scan(step, (params, key), None, length=steps)[0]
+    return jax.lax.scan(step, (params, key), (xs, ys))[0]
 
   for _ in range(2):  # compile, then one call more to settle caches
-    jax.block_until_ready(run(params, k_run))
+    jax.block_until_ready(run(params, k_run, xs, ys))
   with tempfile.TemporaryDirectory() as tmp:
     where = trace_dir or tmp
     start = time.perf_counter()
     with jax.profiler.trace(where, create_perfetto_trace=True):
-      jax.block_until_ready(run(params, k_run))
+      jax.block_until_ready(run(params, k_run, xs, ys))
     wall = time.perf_counter() - start
     events = _trace_events(where)
   total, calls = collections.Counter(), collections.Counter()
