@@ -19,9 +19,20 @@ import sys
 # XLA reads its flags when the backend starts, so they are set before JAX is
 # imported: the operation tracing this binary is about, and --dump_hlo's
 # --xla_dump_to (read from argv here, as flags are parsed only in main).
+def _dump_dirs(argv: list[str]) -> list[str]:
+  """--dump_hlo's values in argv, as absl reads them: --dump_hlo=DIR or
+  --dump_hlo DIR."""
+  dirs = []
+  for i, arg in enumerate(argv):
+    if arg.startswith("--dump_hlo="):
+      dirs.append(arg.split("=", 1)[1])
+    elif arg == "--dump_hlo" and i + 1 < len(argv):
+      dirs.append(argv[i + 1])
+  return dirs
+
+
 _EXTRA = ["--xla_cpu_enable_xprof_traceme=true"] + [  # step_profile.TRACE_FLAG
-    "--xla_dump_to=" + a.split("=", 1)[1] for a in sys.argv[1:]
-    if a.startswith("--dump_hlo=")]
+    "--xla_dump_to=" + d for d in _dump_dirs(sys.argv[1:])[-1:]]
 os.environ["XLA_FLAGS"] = " ".join(
     [os.environ.get("XLA_FLAGS", "")] + _EXTRA).strip()
 

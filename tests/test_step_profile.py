@@ -42,3 +42,13 @@ def test_binary_prints_the_table_and_dumps_hlo(tmp_path):
   bad = run_binary("profile_step", "--top=0")
   assert bad.returncode == 1
   assert bad.stderr.strip().splitlines()[-1] == "error: --top must be >= 1, got 0"
+
+
+def test_binary_reads_dump_hlo_in_either_form(tmp_path):
+  from tests.test_experiments import run_binary  # pylint: disable=g-import-not-at-top
+  dump = tmp_path / "hlo"
+  proc = run_binary("profile_step", "--model=mlp", "--steps=1",
+                    "--batch_size=2", "--top=1", "--dump_hlo", str(dump))
+  assert proc.returncode == 0, proc.stderr
+  assert any(p.name.endswith("after_optimizations.txt")
+             for p in dump.iterdir())
