@@ -182,19 +182,30 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
   return written
 
 
-def plot_lr_sweep(by_family: dict[str, dict[float, dict[int, float]]],
-                  path: str, caption: str = "") -> str:
-  """Each family's test accuracy (last third of the rounds) against its
-  learning rate: the mean over seeds with a 95 % Student-t interval of the
-  mean, on a log rate axis."""
-  fig = matplotlib.figure.Figure(figsize=(6.4, 4.2))
-  ax = fig.add_subplot()
+def lr_sweep_points(by_family: dict[str, dict[float, dict[int, float]]]
+                    ) -> dict[str, tuple[list[float], np.ndarray, np.ndarray]]:
+  """What ``plot_lr_sweep`` draws: per family, its rates (ascending), the
+  mean over seeds at each, and the half-width of the mean's 95 % Student-t
+  interval, t_{0.975, n−1} · s / √n (0 for a single seed)."""
+  points = {}
   for method, by_lr in sorted(by_family.items()):
     rates = sorted(by_lr)
     summaries = [stats.describe(list(by_lr[lr].values())) for lr in rates]
     means = np.array([d.mean for d in summaries])
     half = np.array([stats.t_quantile(0.95, d.n - 1) * d.std / np.sqrt(d.n)
                      if d.n > 1 else 0.0 for d in summaries])
+    points[method] = (rates, means, half)
+  return points
+
+
+def plot_lr_sweep(by_family: dict[str, dict[float, dict[int, float]]],
+                  path: str, caption: str = "") -> str:
+  """Each family's test accuracy (last third of the rounds) against its
+  learning rate (``lr_sweep_points``): the mean over seeds with a 95 %
+  Student-t interval of the mean, on a log rate axis."""
+  fig = matplotlib.figure.Figure(figsize=(6.4, 4.2))
+  ax = fig.add_subplot()
+  for method, (rates, means, half) in lr_sweep_points(by_family).items():
     ax.errorbar(rates, means, yerr=half, marker="o", capsize=3, label=method)
   ax.set_xscale("log")
   ax.set_xlabel("learning rate")

@@ -4,6 +4,7 @@ import dataclasses
 import json
 import shutil
 
+import numpy as np
 import pytest
 
 from eahes_jax import config as config_lib
@@ -144,8 +145,16 @@ def test_lr_sweep_table_pairs_the_families_at_every_shared_rate(study_dir):
 
 
 def test_plot_lr_sweep_draws_each_family_with_its_interval(tmp_path):
-  by_family = {"EASGD": {0.01: {0: 0.90, 1: 0.92}, 0.1: {0: 0.95, 1: 0.97}},
-               "EAHES": {0.01: {0: 0.91, 1: 0.91}}}
+  by_family = {"EASGD": {0.1: {0: 0.95, 1: 0.97, 2: 0.96},
+                         0.01: {0: 0.90, 1: 0.92, 2: 0.91}},
+               "EAHES": {0.01: {0: 0.91}}}
+  points = study_figures.lr_sweep_points(by_family)
+  rates, means, half = points["EASGD"]
+  assert rates == [0.01, 0.1]
+  np.testing.assert_allclose(means, [0.91, 0.96])
+  # s = 0.01 at both rates, n = 3: t_{0.975, 2} = 4.3027 · 0.01 / √3.
+  np.testing.assert_allclose(half, [0.024841, 0.024841], rtol=1e-4)
+  assert points["EAHES"][2].tolist() == [0.0]  # one seed: no interval
   path = study_figures.plot_lr_sweep(by_family, str(tmp_path / "lr.png"),
                                      "caption")
   with open(path, "rb") as f:
