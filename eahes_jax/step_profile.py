@@ -147,7 +147,7 @@ def format_table(result: dict[str, Any], top: int = 25) -> str:
       f"{result['model']} {result['family']} step, batch"
       f" {result['batch_size']}, {result['backend']}:"
       f" {result['wall_ms_per_step']:.2f} ms a step (wall, profiled),"
-      f" {traced / 1e3:.2f} ms in the operations below and the rest",
+      f" {traced / 1e3:.2f} ms in XLA's operations, the costliest below",
       f"{'us/step':>10} {'share':>6} {'calls':>5}  operation"]
   for op in ops[:top]:
     share = op["us_per_step"] / traced if traced else 0.0
