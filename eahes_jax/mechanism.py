@@ -49,11 +49,14 @@ class RoundSeries(NamedTuple):
     u: float (R, k), log-distance before the exchange.
     u_after: float (R, k), log-distance after the exchange (NaN where the
       run predates that column).
+    h_worker: float (R, k), the worker's elastic weight h1 the run used
+      (NaN where not stored); None when not loaded.
   """
 
   connected: np.ndarray
   u: np.ndarray
   u_after: np.ndarray
+  h_worker: np.ndarray | None = None
 
 
 def load_series(run_dir: str) -> list[RoundSeries]:
@@ -75,7 +78,8 @@ def load_series(run_dir: str) -> list[RoundSeries]:
     out.append(RoundSeries(
         connected=np.asarray([r["connected"] for r in mine], bool),
         u=column("log_distance", nan),
-        u_after=column("log_distance_after", nan)))
+        u_after=column("log_distance_after", nan),
+        h_worker=column("h_worker", nan)))
   return out
 
 
@@ -327,3 +331,78 @@ def study_analyses(out_dir: str, runs: Sequence[str], window: int = 3
       coeffs = results_folder.read_config(run_dir)["dw_coeffs"]
       out[name] = analyse(series, coeffs, window)
   return out
+
+
+class Activity(NamedTuple):
+  """How hard a run's weighting pulled, on rejoin rounds and on healthy ones.
+
+  The pull of one exchange is s = (h1 − α) / (1 − α) ∈ [0, 1]: 0 is
+  EASGD's weight, 1 snaps the worker onto the master. By eq. (11) it equals
+  (α − h2) / α, how far the master ignores the worker, and clip(a / k, 0, 1)
+  for a score a and threshold k.
+
+  Attributes:
+    rejoin_pull: mean s over rejoin rounds (connected, within ``window``
+      rounds of an outage end); NaN if none.
+    healthy_pull: mean s over the other connected rounds; NaN if none.
+    rejoin_rounds: how many rejoin worker-rounds were averaged.
+    healthy_rounds: how many healthy worker-rounds were averaged.
+    rejoin_share: the fraction of all pull (summed s over connected rounds)
+      that fell on rejoin rounds; compare ``rejoin_rounds`` over both counts,
+      the share a pull blind to rejoins would get. NaN if nothing pulled.
+  """
+
+  rejoin_pull: float
+  healthy_pull: float
+  rejoin_rounds: int
+  healthy_rounds: int
+  rejoin_share: float
+
+
+def activity(series: Sequence[RoundSeries], alpha: float, window: int = 3
+             ) -> Activity:
+  """The weighting's ``Activity`` over every seed of a run.
+
+  Args:
+    series: one ``RoundSeries`` per seed, with ``h_worker``.
+    alpha: the run's elastic weight α (EASGD's h1).
+    window: r of the rejoin labels (``rejoin_labels``).
+
+  Returns:
+    The ``Activity``.
+
+  Raises:
+    ValueError: ``series`` is empty or lacks ``h_worker``, or ``alpha`` is
+      not in (0, 1).
+  """
+  if not series:
+    raise ValueError("series must hold at least one seed's rounds, got none")
+  if not 0.0 < alpha < 1.0:
+    raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+  rejoin, healthy = [], []
+  # The runs store h1 in float32: α rounded alike gives a pull of exactly 0
+  # where the weighting left EASGD's weight.
+  alpha = float(np.float32(alpha))
+  for s in series:
+    if s.h_worker is None:
+      raise ValueError("series must carry h_worker (load_series loads it)")
+    pull = (np.asarray(s.h_worker, np.float64) - alpha) / (1.0 - alpha)
+    labels = rejoin_labels(s.connected, window)
+    rejoin.append(pull[labels])
+    healthy.append(pull[s.connected & ~labels])
+  rejoin = np.concatenate(rejoin)
+  healthy = np.concatenate(healthy)
+  rejoin, healthy = rejoin[np.isfinite(rejoin)], healthy[np.isfinite(healthy)]
+  mean = lambda x: float(np.mean(x)) if x.size else float("nan")
+  total = float(np.sum(rejoin) + np.sum(healthy))
+  return Activity(
+      rejoin_pull=mean(rejoin), healthy_pull=mean(healthy),
+      rejoin_rounds=int(rejoin.size), healthy_rounds=int(healthy.size),
+      rejoin_share=float(np.sum(rejoin)) / total if total > 0 else
+      float("nan"))
+
+
+def run_activity(run_dir: str, window: int = 3) -> Activity:
+  """``activity`` of a stored run, with its own α."""
+  alpha = results_folder.read_config(run_dir)["alpha"]
+  return activity(load_series(run_dir), alpha, window)

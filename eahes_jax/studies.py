@@ -35,6 +35,7 @@ from eahes_jax import claims
 from eahes_jax import config as config_lib
 from eahes_jax import experiment
 from eahes_jax import grid
+from eahes_jax import mechanism as mechanism_lib
 from eahes_jax import plotting
 from eahes_jax import stats
 from eahes_jax import results_folder
@@ -422,6 +423,92 @@ def lr_sweep_table(out_dir: str, quantity: str = "late") -> str:
     for a, b, lr in same_rate:
       d = stats.paired_difference(by_family[a][lr], by_family[b][lr])
       lines.append(f"| {lr:g} | {a} | {b} | {d.format()} | {d.wins}/{d.n} |")
+  if unfinished:
+    lines += ["", f"Not finished, left out: {', '.join(unfinished)}."]
+  return "\n".join(lines) + "\n"
+
+
+@dataclasses.dataclass(frozen=True)
+class DwPoint:
+  """One DEAHES-O setting of the weighting sweep against its EAHES-O.
+
+  Attributes:
+    failures: the failure setting, e.g. "disconnect", "crash", "bursty 20"
+      (``failure_label``).
+    history: p, the number of differences in the score (eq. 10).
+    threshold: k < 0, the score at which the pull is full (eq. 11).
+    difference: DEAHES-O − EAHES-O, paired per seed.
+    activity: how hard the weighting pulled (``mechanism.activity``).
+  """
+
+  failures: str
+  history: int
+  threshold: float
+  difference: stats.PairedDifference
+  activity: mechanism_lib.Activity
+
+
+def failure_label(config: dict) -> str:
+  """A stored run's failure setting in words: its failure mode for
+  Bernoulli failures, "bursty <mean outage>" for bursty ones, else the
+  model's name."""
+  if config["failure_model"] == "bernoulli":
+    return config["failure_mode"]
+  if config["failure_model"] == "bursty":
+    return f"bursty {config['mean_outage']:g}"
+  return config["failure_model"]
+
+
+def dw_sweep_results(study: Study, out_dir: str, quantity: str = "late",
+                     window: int = 3) -> tuple[list[DwPoint], list[str]]:
+  """Every finished DEAHES-O run of a weighting sweep, paired against its
+  EAHES-O (``study.readings``), with the weighting's activity; and the
+  names of the readings left out because a run of theirs is unfinished."""
+  runs_dir = os.path.join(out_dir, grid.RUNS_DIR)
+  points, unfinished = [], []
+  for r in study.readings:
+    dirs = [os.path.join(runs_dir, name) for name in (r.a, r.b)]
+    if not all(results_folder.is_complete(d) for d in dirs):
+      unfinished.append(r.a)
+      continue
+    run_a, run_b = (plotting.load_run(d) for d in dirs)
+    c = run_a.config
+    points.append(DwPoint(
+        failures=failure_label(c), history=int(c["dw_history"]),
+        threshold=float(c["dw_threshold"]),
+        difference=stats.paired_difference(
+            claims.per_seed(run_a, quantity), claims.per_seed(run_b, quantity)),
+        activity=mechanism_lib.run_activity(dirs[0], window)))
+  return points, unfinished
+
+
+def dw_sweep_table(study: Study, out_dir: str, quantity: str = "late",
+                   window: int = 3) -> str:
+  """Markdown: per failure setting, p and k, DEAHES-O − EAHES-O paired per
+  seed, and the weighting's mean pull on rejoin and healthy rounds."""
+  points, unfinished = dw_sweep_results(study, out_dir, quantity, window)
+  what = ("final test accuracy" if quantity == "final" else
+          "test accuracy averaged over the last third of the rounds")
+  lines = [
+      f"DEAHES-O − EAHES-O in the master's {what}, paired per seed (mean,"
+      " two-sided 95 % Student-t interval). Pull s = (h1 − α)/(1 − α) = (α −"
+      " h2)/α of a connected exchange, 0 for EASGD's weights, 1 for a worker"
+      f" snapped onto the master; rejoin rounds are those within {window}"
+      " rounds of an outage end; \"pull's share on rejoins\" against"
+      " \"rejoin rounds' share\" says whether the pull finds them.", "",
+      "| failures | p | k | DEAHES-O − EAHES-O [95 % CI] | ahead on |"
+      " mean pull, rejoin rounds | mean pull, healthy rounds |"
+      " pull's share on rejoins | rejoin rounds' share |",
+      "|---|---|---|---|---|---|---|---|---|"]
+  for p in sorted(points, key=lambda p: (p.failures, p.history,
+                                         -p.threshold)):
+    act = p.activity
+    base = act.rejoin_rounds / max(1, act.rejoin_rounds + act.healthy_rounds)
+    lines.append(
+        f"| {p.failures} | {p.history} | {p.threshold:g} |"
+        f" {p.difference.format()} | {p.difference.wins}/{p.difference.n} |"
+        f" {act.rejoin_pull:.4f} | {act.healthy_pull:.4f} |"
+        f" {act.rejoin_share:.3f} | {base:.3f} |")
   if unfinished:
     lines += ["", f"Not finished, left out: {', '.join(unfinished)}."]
   return "\n".join(lines) + "\n"

@@ -3,14 +3,17 @@
 ``write_report(results_dir, out_dir)`` reads a study folder written by
 ``studies.run_study`` (or the paper's grid folder) and writes what the README
 shows: the claims table for the grid, the readings table, the learning-rate
-table, and the mechanism's event-aligned curves, ROC curves and table.
+table and figure, the weighting sweep's table and figure, and the mechanism's
+event-aligned curves, ROC curves and table.
 """
 
 from __future__ import annotations
 
 import os
+from typing import Sequence
 
 import matplotlib.figure
+import matplotlib.ticker
 import numpy as np
 
 from eahes_jax import claims
@@ -158,7 +161,16 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
              f" k = {c['num_workers']}, {c['rounds']} rounds,"
              f" {len(stored[0].seeds)} seeds, failure rate"
              f" {c['failure_rate']:.3g}")
-  if name == "lr_sweep":
+  if name == "dw_sweep":
+    write("dw_sweep.md", "## Test accuracy over the last third of the rounds"
+          "\n\n" + studies.dw_sweep_table(study, results_dir, "late")
+          + "\n## Final test accuracy\n\n"
+          + studies.dw_sweep_table(study, results_dir, "final"))
+    points, _ = studies.dw_sweep_results(study, results_dir)
+    if points:
+      written.append(plot_dw_sweep(
+          points, os.path.join(out_dir, "dw_sweep.png"), caption))
+  elif name == "lr_sweep":
     write("lr_sweep.md", studies.lr_sweep_table(results_dir))
     by_family, _ = studies.lr_sweep_results(results_dir)
     if by_family:
@@ -216,6 +228,57 @@ def plot_lr_sweep(by_family: dict[str, dict[float, dict[int, float]]],
   if caption:
     fig.subplots_adjust(bottom=0.2)  # room for the caption under the label
     fig.text(0.5, 0.01, caption, ha="center", va="bottom", fontsize=7)
+  return _save(fig, path)
+
+
+def dw_sweep_series(points: Sequence[studies.DwPoint]
+                    ) -> dict[tuple[str, int], list[studies.DwPoint]]:
+  """What each line of ``plot_dw_sweep`` joins: the points of one failure
+  setting and one p, by threshold from the most eager (k nearest 0)."""
+  series: dict[tuple[str, int], list[studies.DwPoint]] = {}
+  for p in points:
+    series.setdefault((p.failures, p.history), []).append(p)
+  return {key: sorted(ps, key=lambda p: -p.threshold)
+          for key, ps in sorted(series.items())}
+
+
+def plot_dw_sweep(points: Sequence[studies.DwPoint], path: str,
+                  caption: str = "") -> str:
+  """The weighting sweep in two panels: DEAHES-O − EAHES-O (paired, 95 %
+  t interval) against the threshold |k|, a line per failure setting and p;
+  and the same differences against the mean pull over all connected
+  exchanges (``mechanism.Activity``), which is what the threshold sets."""
+  fig = matplotlib.figure.Figure(figsize=(11, 4.4))
+  left, right = fig.subplots(1, 2, sharey=True)
+  colors = {}
+  markers = {1: "o", 2: "s", 3: "^"}
+  for (failures, history), ps in dw_sweep_series(points).items():
+    color = colors.setdefault(failures, f"C{len(colors)}")
+    mean = np.array([p.difference.mean for p in ps])
+    err = np.array([[p.difference.mean - p.difference.low for p in ps],
+                    [p.difference.high - p.difference.mean for p in ps]])
+    kw = dict(color=color, marker=markers.get(history, "D"), capsize=3,
+              label=f"{failures}, p = {history}")
+    left.errorbar([-p.threshold for p in ps], mean, yerr=err, **kw)
+    pull = [(a.rejoin_pull * a.rejoin_rounds + a.healthy_pull
+             * a.healthy_rounds) / (a.rejoin_rounds + a.healthy_rounds)
+            for a in (p.activity for p in ps)]
+    right.errorbar(pull, mean, yerr=err, ls="none", **kw)
+  for ax in (left, right):
+    ax.axhline(0, color="k", lw=0.8)
+    ax.set_xscale("log")
+    # Labels on the decades only: minor ones collide over a short range.
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
+    ax.grid(True, alpha=0.3)
+  left.set_xlabel("threshold |k| (smaller: pulls sooner)")
+  left.set_ylabel("DEAHES-O − EAHES-O, same seed")
+  left.set_title("Against the threshold")
+  right.set_xlabel("mean pull s over connected exchanges")
+  right.set_title("Against how hard it pulled")
+  left.legend(fontsize=7)
+  if caption:
+    fig.text(0.5, 0.005, caption, ha="center", fontsize=8, color="0.3")
+  fig.tight_layout(rect=(0, 0.04, 1, 1))
   return _save(fig, path)
 
 

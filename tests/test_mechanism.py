@@ -107,7 +107,8 @@ def test_load_series_reads_null_as_nan(tmp_path):
   # Strict JSON writes a non-finite log-distance as null.
   rows = [{"round": 0, "seed": 0, "connected": None, "log_distance": None},
           {"round": 1, "seed": 0, "connected": [True, False],
-           "log_distance": [0.5, None], "log_distance_after": [0.1, 0.2]},
+           "log_distance": [0.5, None], "log_distance_after": [0.1, 0.2],
+           "h_worker": [0.25, 0.1]},
           {"round": 2, "seed": 0, "connected": [True, True],
            "log_distance": [0.4, 0.3]}]
   (tmp_path / "metrics.jsonl").write_text(
@@ -118,6 +119,8 @@ def test_load_series_reads_null_as_nan(tmp_path):
   np.testing.assert_array_equal(series.u, [[0.5, np.nan], [0.4, 0.3]])
   np.testing.assert_array_equal(series.u_after, [[0.1, 0.2],
                                                  [np.nan, np.nan]])
+  np.testing.assert_array_equal(series.h_worker, [[0.25, 0.1],
+                                                  [np.nan, np.nan]])
 
 
 def test_a_run_without_failures_has_no_roc_and_a_table_row():
@@ -137,3 +140,41 @@ def test_a_run_with_no_round_yet_is_left_out(tmp_path):
   assert mechanism.study_analyses(str(tmp_path), ["EAHES-O_x"]) == {}
   with pytest.raises(ValueError, match="at least one"):
     mechanism.analyse([], COEFFS)
+
+
+def test_activity_by_hand():
+  # Worker 0 is away in rounds 1-2 and back at t₀ = 3; worker 1 never
+  # fails. α = 0.1 stored in float32, as the runs store h1.
+  alpha = 0.1
+  connected = np.array([[1, 1], [0, 1], [0, 1], [1, 1], [1, 1], [1, 1],
+                        [1, 1]], bool)
+  h = np.full((7, 2), np.float32(alpha), np.float64)
+  h[3, 0] = 0.1 + 0.9 * 0.5   # pull ½ at the return
+  h[4, 0] = 0.1 + 0.9 * 0.25  # ¼ a round later
+  h[1, 0] = 0.1 + 0.9 * 1.0   # while away: not an exchange, not counted
+  h[5, 1] = 0.1 + 0.9 * 0.25  # a healthy round pulled
+  u = np.zeros((7, 2))
+  act = mechanism.activity([mechanism.RoundSeries(connected, u, u, h)],
+                           alpha, window=2)
+  # Rejoin rounds (window 2): worker 0 at rounds 3 and 4.
+  assert (act.rejoin_rounds, act.healthy_rounds) == (2, 10)
+  assert act.rejoin_pull == pytest.approx((0.5 + 0.25) / 2)
+  assert act.healthy_pull == pytest.approx(0.25 / 10)
+  assert act.rejoin_share == pytest.approx(0.75 / 1.0)
+  # Where h1 = α in float32 the pull is exactly 0, not float rounding.
+  still = mechanism.activity(
+      [mechanism.RoundSeries(connected, u, u, np.full((7, 2), np.float32(
+          alpha), np.float64))], alpha, window=2)
+  assert still.rejoin_pull == 0.0 and still.healthy_pull == 0.0
+  assert np.isnan(still.rejoin_share)
+
+
+def test_activity_rejects_what_it_cannot_measure():
+  c = np.ones((3, 1), bool)
+  u = np.zeros((3, 1))
+  with pytest.raises(ValueError, match="h_worker"):
+    mechanism.activity([mechanism.RoundSeries(c, u, u)], 0.1)
+  with pytest.raises(ValueError, match="alpha"):
+    mechanism.activity([mechanism.RoundSeries(c, u, u, u)], 1.0)
+  with pytest.raises(ValueError, match="at least one"):
+    mechanism.activity([], 0.1)

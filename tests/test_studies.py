@@ -9,6 +9,7 @@ import pytest
 
 from eahes_jax import config as config_lib
 from eahes_jax import claims
+from eahes_jax import mechanism
 from eahes_jax import plotting
 from eahes_jax import stats
 from eahes_jax import studies
@@ -157,5 +158,78 @@ def test_plot_lr_sweep_draws_each_family_with_its_interval(tmp_path):
   assert points["EAHES"][2].tolist() == [0.0]  # one seed: no interval
   path = study_figures.plot_lr_sweep(by_family, str(tmp_path / "lr.png"),
                                      "caption")
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_failure_label_names_each_setting():
+  label = lambda **kw: studies.failure_label(
+      config_lib.SimConfig(**kw).resolve().to_dict())
+  assert label() == "disconnect"
+  assert label(failure_mode="crash") == "crash"
+  assert label(failure_model="bursty", mean_outage=20.0) == "bursty 20"
+
+
+def test_dw_sweep_table_pairs_each_weighting_run_with_its_pull(study_dir,
+                                                                tmp_path):
+  out, _ = study_dir
+  study = tiny_study("dw_sweep")
+  (point,), unfinished = studies.dw_sweep_results(study, str(out))
+  assert unfinished == []
+  weighted = str(out / "runs" / "DEAHES-O_disconnect_tau1")
+  d = stats.paired_difference(
+      claims.per_seed(plotting.load_run(weighted), "late"),
+      claims.per_seed(plotting.load_run(
+          str(out / "runs" / "EAHES-O_disconnect_tau1")), "late"))
+  assert point.difference == d
+  assert (point.failures, point.history, point.threshold) == (
+      "disconnect", 3, -3.0)
+  assert point.activity == mechanism.run_activity(weighted)
+  # Two seeds × 12 rounds × 3 workers, the connected ones counted.
+  act = point.activity
+  connected = sum(sum(r["connected"]) for r in
+                  results_folder.read_metrics(weighted) if r["round"] >= 1)
+  assert act.rejoin_rounds + act.healthy_rounds == connected
+  table = studies.dw_sweep_table(study, str(out))
+  assert (f"| disconnect | 3 | -3 | {d.format()} | {d.wins}/{d.n} |"
+          f" {act.rejoin_pull:.4f} | {act.healthy_pull:.4f} |" in table)
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy)
+  (copy / "runs" / "EAHES-O_disconnect_tau1" /
+   results_folder.SUMMARY_FILE).unlink()
+  points, unfinished = studies.dw_sweep_results(study, str(copy))
+  assert points == [] and unfinished == ["DEAHES-O_disconnect_tau1"]
+  assert "Not finished, left out: DEAHES-O_disconnect_tau1." in (
+      studies.dw_sweep_table(study, str(copy)))
+
+
+def test_report_of_a_dw_sweep_folder(study_dir, tmp_path):
+  out, _ = study_dir
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy)
+  record = json.loads((copy / studies.STUDY_FILE).read_text())
+  record["study"] = "dw_sweep"
+  (copy / studies.STUDY_FILE).write_text(json.dumps(record))
+  written = study_figures.write_report(str(copy), str(tmp_path / "fig"))
+  assert sorted(p.split("/")[-1] for p in written) == ["dw_sweep.md",
+                                                        "dw_sweep.png"]
+  table = (tmp_path / "fig" / "dw_sweep.md").read_text()
+  assert table.count("| disconnect | 3 | -3 |") == 2  # late and final
+
+
+def _point(failures, history, threshold, mean):
+  d = stats.PairedDifference(mean, 0.001, 5, mean - 0.002, mean + 0.002,
+                             0.95, 0)
+  act = mechanism.Activity(0.2, 0.1, 10, 90, 0.18)
+  return studies.DwPoint(failures, history, threshold, d, act)
+
+
+def test_plot_dw_sweep_joins_each_setting_by_threshold(tmp_path):
+  points = [_point("crash", 1, -1.0, -0.01), _point("crash", 1, -0.1, -0.03),
+            _point("crash", 2, -3.0, 0.0), _point("bursty 20", 1, -0.3, -0.02)]
+  series = study_figures.dw_sweep_series(points)
+  assert list(series) == [("bursty 20", 1), ("crash", 1), ("crash", 2)]
+  assert [p.threshold for p in series[("crash", 1)]] == [-0.1, -1.0]
+  path = study_figures.plot_dw_sweep(points, str(tmp_path / "dw.png"), "c")
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
