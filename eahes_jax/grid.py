@@ -187,7 +187,8 @@ def run_grid(preset: Preset, out_dir: str, *,
       (``RUN/tensorboard``; needs tensorboardX).
 
   Returns:
-    Every run's summary, in run order.
+    The summary of every complete run, in run order (``run_configs``: a run
+    another process holds is left to it).
   """
   log = log or (lambda s: print(s, flush=True))
   configs = grid_configs(preset, base)
@@ -202,7 +203,9 @@ def run_grid(preset: Preset, out_dir: str, *,
   summaries = run_configs([(run_name(c), c) for c in configs], out_dir,
                           data=data, checkpoint_every=checkpoint_every,
                           log=log, tensorboard=tensorboard)
-  log(f"grid done in {time.perf_counter() - start:.0f} s: {out_dir}")
+  done = ("done" if len(summaries) == len(configs) else
+          f"{len(summaries)} of {len(configs)} runs complete")
+  log(f"grid {done} after {time.perf_counter() - start:.0f} s: {out_dir}")
   return summaries
 
 
@@ -213,8 +216,10 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
   """Runs each (name, config) into ``out_dir/runs/name``, in order.
 
   A complete run is skipped (its summary read back); a folder holding an
-  interrupted run resumes it from its last checkpoint. Shared by the grid
-  and the studies (``studies.run_study``).
+  interrupted run resumes it from its last checkpoint; a run another process
+  is writing (its folder's lock is held) is left to that process, so several
+  processes, or hosts sharing the folder, can work through one set of runs
+  together. Shared by the grid and the studies (``studies.run_study``).
 
   Args:
     runs: folder names and configurations.
@@ -225,9 +230,10 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
     tensorboard: write TensorBoard events into each run's folder.
 
   Returns:
-    Every run's summary, in run order.
+    The summary of every run that is complete when it returns, in run order
+    (fewer than ``runs`` when some were left to other processes).
   """
-  summaries = []
+  summaries, held = [], []
   start = time.perf_counter()
   for i, (name, config) in enumerate(runs):
     run_dir = os.path.join(out_dir, RUNS_DIR, name)
@@ -244,12 +250,18 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
           resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"),
           tensorboard_dir=(os.path.join(run_dir, "tensorboard") if tensorboard
                            else None)))
+    except results_folder.FolderInUseError as e:
+      held.append(name)
+      log(f"  {name}: left to another process ({e})")
     except experiment.Interrupted as e:
       # A set of runs resumes by itself: the same call continues it.
       raise experiment.Interrupted(
           e.signum, e.rounds_done, e.saved,
           how_to_continue=f"run the same command again: {name} resumes and"
           " the completed runs are skipped") from None
+  if held:
+    log(f"{len(held)} of {len(runs)} runs left to other processes, which"
+        f" finish them: {', '.join(held)}")
   return summaries
 
 

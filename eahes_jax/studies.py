@@ -254,6 +254,10 @@ def run_study(study: Study, out_dir: str, *, data_source: str = "auto",
               tensorboard: bool = False) -> None:
   """Runs (or finishes) every run of ``study`` into ``out_dir/runs``.
 
+  Runs another process is writing are left to it (``grid.run_configs``), so
+  the same command started twice, on two cores or two hosts sharing the
+  folder, works through the study together.
+
   Args:
     study: the study.
     out_dir: the study's results folder.
@@ -273,10 +277,12 @@ def run_study(study: Study, out_dir: str, *, data_source: str = "auto",
   results_folder.check_writable(os.path.join(out_dir, grid.RUNS_DIR))
   _check_study_record(out_dir, study, data.source)
   start = time.perf_counter()
-  grid.run_configs(list(study.runs), out_dir, data=data,
-                   checkpoint_every=checkpoint_every, log=log,
-                   tensorboard=tensorboard)
-  log(f"study {study.name} done in {time.perf_counter() - start:.0f} s:"
+  summaries = grid.run_configs(list(study.runs), out_dir, data=data,
+                               checkpoint_every=checkpoint_every, log=log,
+                               tensorboard=tensorboard)
+  done = ("done" if len(summaries) == len(study.runs) else
+          f"{len(summaries)} of {len(study.runs)} runs complete")
+  log(f"study {study.name} {done} after {time.perf_counter() - start:.0f} s:"
       f" {out_dir}")
 
 

@@ -119,6 +119,29 @@ def test_report_of_a_study_folder(study_dir, tmp_path):
   assert "| DEAHES-O_disconnect_tau1 |" in events
 
 
+def test_a_run_another_process_holds_is_left_to_it(tmp_path):
+  study = tiny_study()
+  held = tmp_path / "runs" / study.runs[0][0]
+  held.mkdir(parents=True)
+  log = []
+  # The lock is an flock on its own open file: held here as by another
+  # process.
+  with results_folder.lock_out_dir(str(held)):
+    studies.run_study(study, str(tmp_path), data_source="sample",
+                      log=log.append)
+  assert not results_folder.is_complete(str(held))
+  assert results_folder.is_complete(str(tmp_path / "runs" / study.runs[1][0]))
+  assert any(l.startswith(f"  {study.runs[0][0]}: left to another process")
+             for l in log)
+  assert log[-1].startswith("study mechanism 1 of 2 runs complete")
+  # Once the other process is gone, the same command finishes the study.
+  log = []
+  studies.run_study(study, str(tmp_path), data_source="sample",
+                    log=log.append)
+  assert results_folder.is_complete(str(held))
+  assert log[-1].startswith("study mechanism done")
+
+
 def test_lr_sweep_table_leaves_out_a_run_still_training(study_dir, tmp_path):
   out, _ = study_dir
   copy = tmp_path / "copy"
