@@ -47,6 +47,14 @@ def test_readings_change_one_thing_against_their_baseline():
       "failure_model", "mean_outage"]
   assert differing_fields(c["EAHES-OM-ignore_bernoulli"],
                           c["EAHES-OM_bernoulli"]) == ["oracle_variant"]
+  # Stale workers: the long outages of bursty20, with crashes.
+  assert differing_fields(c["EAHES-O_crash_bursty20"],
+                          c["EAHES-O_bursty20"]) == ["failure_mode"]
+  assert c["EAHES-O_crash_bursty20"].failure_mode == "crash"
+  assert differing_fields(c["DEAHES-O_crash_bursty20"],
+                          c["EAHES-O_crash_bursty20"]) == ["method"]
+  assert differing_fields(c["EAHES-OM-ignore_crash_bursty20"],
+                          c["EAHES-OM_crash_bursty20"]) == ["oracle_variant"]
   assert differing_fields(c["EAADAM-O_bernoulli"],
                           c["EAHES-O_bernoulli"]) == ["method"]
   base = c["EAHES-O_bernoulli"]
