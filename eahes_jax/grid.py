@@ -219,7 +219,11 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
   interrupted run resumes it from its last checkpoint; a run another process
   is writing (its folder's lock is held) is left to that process, so several
   processes, or hosts sharing the folder, can work through one set of runs
-  together. Shared by the grid and the studies (``studies.run_study``).
+  together. After the last run, the runs left to others are looked at once
+  more: one finished meanwhile counts as complete, and one whose holder has
+  died (its lock is free) is resumed here.
+
+  Shared by the grid and the studies (``studies.run_study``).
 
   Args:
     runs: folder names and configurations.
@@ -231,38 +235,71 @@ def run_configs(runs: list[tuple[str, config_lib.SimConfig]], out_dir: str,
 
   Returns:
     The summary of every run that is complete when it returns, in run order
-    (fewer than ``runs`` when some were left to other processes).
+    (fewer than ``runs`` when some are still being written by others).
   """
-  summaries, held = [], []
+  summaries: dict[str, results_folder.RunSummary] = {}
+  held = []
   start = time.perf_counter()
+
+  def attempt(name: str, config: config_lib.SimConfig) -> None:
+    run_dir = os.path.join(out_dir, RUNS_DIR, name)
+    run_log = lambda s, n=name: log(f"  {n}: {s}")
+    for retry in (False, True):
+      # Whether to resume is decided outside the run's lock: another process
+      # may write the folder (or finish the run) between this look and the
+      # lock, which run_experiment then reports as a mismatch. A second look
+      # settles it.
+      resume = os.path.exists(
+          os.path.join(run_dir, results_folder.CONFIG_FILE))
+      try:
+        summaries[name] = experiment.run_experiment(
+            config, run_dir, data=data, checkpoint_every=checkpoint_every,
+            resume=resume, log=run_log,
+            tensorboard_dir=(os.path.join(run_dir, "tensorboard")
+                             if tensorboard else None))
+        return
+      except results_folder.FolderInUseError:
+        held.append(name)
+        run_log("another process is writing this run; left to it")
+        return
+      except results_folder.FolderMismatchError:
+        if results_folder.is_complete(run_dir):
+          summaries[name] = results_folder.read_summary(run_dir)
+          run_log("completed by another process meanwhile")
+          return
+        if retry or resume:
+          raise
+      except experiment.Interrupted as e:
+        # A set of runs resumes by itself: the same call continues it.
+        raise experiment.Interrupted(
+            e.signum, e.rounds_done, e.saved,
+            how_to_continue=f"run the same command again: {name} resumes"
+            " and the completed runs are skipped") from None
+
   for i, (name, config) in enumerate(runs):
     run_dir = os.path.join(out_dir, RUNS_DIR, name)
     if results_folder.is_complete(run_dir):
-      summaries.append(results_folder.read_summary(run_dir))
+      summaries[name] = results_folder.read_summary(run_dir)
       log(f"[{i + 1}/{len(runs)}] {name}: complete, skipped")
       continue
     log(f"[{i + 1}/{len(runs)}] {name} ({time.perf_counter() - start:.0f}"
         " s in)")
-    resume = os.path.exists(os.path.join(run_dir, results_folder.CONFIG_FILE))
-    try:
-      summaries.append(experiment.run_experiment(
-          config, run_dir, data=data, checkpoint_every=checkpoint_every,
-          resume=resume, log=lambda s, n=name: log(f"  {n}: {s}"),
-          tensorboard_dir=(os.path.join(run_dir, "tensorboard") if tensorboard
-                           else None)))
-    except results_folder.FolderInUseError as e:
-      held.append(name)
-      log(f"  {name}: left to another process ({e})")
-    except experiment.Interrupted as e:
-      # A set of runs resumes by itself: the same call continues it.
-      raise experiment.Interrupted(
-          e.signum, e.rounds_done, e.saved,
-          how_to_continue=f"run the same command again: {name} resumes and"
-          " the completed runs are skipped") from None
+    attempt(name, config)
+  # The runs left to others, once more: finished meanwhile, or orphaned by a
+  # holder that died (then this process resumes them).
+  configs = dict(runs)
+  for name in list(held):
+    held.remove(name)
+    run_dir = os.path.join(out_dir, RUNS_DIR, name)
+    if results_folder.is_complete(run_dir):
+      summaries[name] = results_folder.read_summary(run_dir)
+    else:
+      log(f"{name}: left to another process earlier, looked at again")
+      attempt(name, configs[name])
   if held:
-    log(f"{len(held)} of {len(runs)} runs left to other processes, which"
-        f" finish them: {', '.join(held)}")
-  return summaries
+    log(f"{len(held)} of {len(runs)} runs still being written by other"
+        f" processes: {', '.join(held)}")
+  return [summaries[name] for name, _ in runs if name in summaries]
 
 
 # Preset fields that select which runs a grid holds. Each run lives in its own

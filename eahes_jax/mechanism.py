@@ -358,6 +358,23 @@ class Activity(NamedTuple):
   healthy_rounds: int
   rejoin_share: float
 
+  @property
+  def mean_pull(self) -> float:
+    """Mean s over all connected rounds; NaN if none was stored."""
+    parts = [(pull, n) for pull, n in ((self.rejoin_pull, self.rejoin_rounds),
+                                       (self.healthy_pull,
+                                        self.healthy_rounds)) if n]
+    if not parts:
+      return float("nan")
+    return sum(pull * n for pull, n in parts) / sum(n for _, n in parts)
+
+  @property
+  def rejoin_fraction(self) -> float:
+    """The share of rejoin rounds among connected ones (what a pull blind to
+    rejoins puts on them); NaN if none was stored."""
+    n = self.rejoin_rounds + self.healthy_rounds
+    return self.rejoin_rounds / n if n else float("nan")
+
 
 def activity(series: Sequence[RoundSeries], alpha: float, window: int = 3
              ) -> Activity:

@@ -28,6 +28,7 @@ import json
 import math
 import os
 import shutil
+import tempfile
 from typing import Any, BinaryIO, Callable
 
 import numpy as np
@@ -226,10 +227,14 @@ def check_writable(out_dir: str) -> None:
     raise FolderUnusableError(f"`out_dir` {out_dir!r} is a file, not a folder")
   try:
     os.makedirs(out_dir, exist_ok=True)
-    probe = os.path.join(out_dir, ".write_probe")
-    with open(probe, "w") as f:
-      f.write("ok")
-    os.remove(probe)
+    # A name of its own: two processes probing one folder at once (two
+    # working through one grid) must not remove each other's probe.
+    fd, probe = tempfile.mkstemp(prefix=".write_probe.", dir=out_dir)
+    try:
+      os.write(fd, b"ok")
+    finally:
+      os.close(fd)
+      os.remove(probe)
   except OSError as e:
     raise FolderUnusableError(
         f"`out_dir` {out_dir!r} is not writable: {e.strerror}") from None
@@ -410,14 +415,22 @@ def write_json(path: str, obj: Any, **kwargs) -> None:
   Raises:
     ResultsDirError: the write failed (e.g. the disk is full).
   """
-  tmp = path + ".tmp"
+  tmp = None
   try:
-    with open(tmp, "w") as f:
+    # A temporary name of its own, so that two processes writing the same
+    # record at once (two working through one grid) each rename a whole file.
+    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".",
+                               suffix=".tmp", dir=os.path.dirname(path) or ".")
+    os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the record from others.
+    with os.fdopen(fd, "w") as f:
       json.dump(obj, f, allow_nan=False, **kwargs)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, path)
   except OSError as e:
+    if tmp is not None and os.path.exists(tmp):
+      with contextlib.suppress(OSError):
+        os.remove(tmp)
     raise WriteFailedError(f"{path}: write failed ({e.strerror})") from None
 
 

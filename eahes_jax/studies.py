@@ -214,8 +214,9 @@ def dw_sweep(scale: Scale = Scale(), base: config_lib.SimConfig | None = None
   b = _base(scale, base)
   runs, out = [], []
   # Long outages first: where a returning worker is really stale and the
-  # weighting should earn its keep, so a sweep cut short has decided that.
-  for failures in ("bursty20", "bernoulli", "crash"):
+  # weighting should earn its keep, so a sweep cut short has decided that;
+  # with crashes it is stale twice over (it did not train while away).
+  for failures in ("bursty20", "crash_bursty20", "bernoulli", "crash"):
     fields = _FAILURES[failures]
     runs.append((f"EAHES-O_{failures}", b.replace(method="EAHES-O",
                                                   **fields)))
@@ -470,12 +471,13 @@ class DwPoint:
 
 def failure_label(config: dict) -> str:
   """A stored run's failure setting in words: its failure mode for
-  Bernoulli failures, "bursty <mean outage>" for bursty ones, else the
-  model's name."""
+  Bernoulli failures, "bursty <mean outage>" for bursty ones (", crash"
+  added for crashes), else the model's name."""
   if config["failure_model"] == "bernoulli":
     return config["failure_mode"]
   if config["failure_model"] == "bursty":
-    return f"bursty {config['mean_outage']:g}"
+    crash = ", crash" if config["failure_mode"] == "crash" else ""
+    return f"bursty {config['mean_outage']:g}{crash}"
   return config["failure_model"]
 
 
@@ -523,7 +525,7 @@ def dw_sweep_table(study: Study, out_dir: str, quantity: str = "late",
   for p in sorted(points, key=lambda p: (p.failures, p.history,
                                          -p.threshold)):
     act = p.activity
-    base = act.rejoin_rounds / max(1, act.rejoin_rounds + act.healthy_rounds)
+    base = act.rejoin_fraction
     lines.append(
         f"| {p.failures} | {p.history} | {p.threshold:g} |"
         f" {p.difference.format()} | {p.difference.wins}/{p.difference.n} |"

@@ -109,11 +109,13 @@ def plot_roc(analyses: dict[str, mechanism.Analysis], path: str,
 def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
   """Writes a study folder's tables and figures; returns the paths written.
 
-  For a grid folder (no study.json) it writes ``claims.md``,
-  ``paired_differences.png`` and ``mechanism_events.md`` (the score around
-  outage ends in its EAHES-O and DEAHES-O runs); for a study,
-  ``<study>.md`` (its readings or sweep table) and, for the mechanism study,
-  ``mechanism_curves.png``, ``mechanism_roc.png`` and ``mechanism_events.md``.
+  For a grid folder (no study.json) it writes ``claims.md`` (complete runs
+  only), ``paired_differences.png`` and ``mechanism_events.md`` (the score
+  around outage ends in its EAHES-O and DEAHES-O runs); for a study,
+  ``<study>.md`` (its readings or sweep table), and ``lr_sweep.png`` for the
+  learning-rate sweep, ``dw_sweep.png`` for the weighting sweep, and
+  ``mechanism_curves.png``, ``mechanism_roc.png`` and ``mechanism_events.md``
+  for the mechanism study.
 
   Raises:
     FileNotFoundError: the folder holds no evaluated runs.
@@ -134,10 +136,15 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
     if not runs:
       raise FileNotFoundError(
           f"no results with evaluations in {results_dir!r}")
+    # A run still training would be judged at whatever round it reached.
+    complete = [r for r in runs if r.complete]
+    unfinished = sorted(r.name for r in runs if not r.complete)
+    note = (f"\nNot finished, left out: {', '.join(unfinished)}.\n"
+            if unfinished else "")
     write("claims.md", "## Final test accuracy\n\n"
-          + claims.claims_table(runs, "final")
+          + claims.claims_table(complete, "final")
           + "\n## Test accuracy over the last third of the rounds\n\n"
-          + claims.claims_table(runs, "late"))
+          + claims.claims_table(complete, "late") + note)
     path = plot_paired_differences(
         runs, "EAHES-O", os.path.join(out_dir, "paired_differences.png"))
     if path is not None:
@@ -260,16 +267,18 @@ def plot_dw_sweep(points: Sequence[studies.DwPoint], path: str,
     kw = dict(color=color, marker=markers.get(history, "D"), capsize=3,
               label=f"{failures}, p = {history}")
     left.errorbar([-p.threshold for p in ps], mean, yerr=err, **kw)
-    pull = [(a.rejoin_pull * a.rejoin_rounds + a.healthy_pull
-             * a.healthy_rounds) / (a.rejoin_rounds + a.healthy_rounds)
-            for a in (p.activity for p in ps)]
-    right.errorbar(pull, mean, yerr=err, ls="none", **kw)
+    pull = np.array([p.activity.mean_pull for p in ps])
+    # A run that stored no weights has no pull to place.
+    has = np.isfinite(pull)
+    right.errorbar(pull[has], mean[has], yerr=err[:, has], ls="none", **kw)
   for ax in (left, right):
     ax.axhline(0, color="k", lw=0.8)
-    ax.set_xscale("log")
-    # Labels on the decades only: minor ones collide over a short range.
-    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.grid(True, alpha=0.3)
+  # Thresholds span decades; the pull may be 0 (a run that never pulled), so
+  # its axis stays linear.
+  left.set_xscale("log")
+  # Labels on the decades only: minor ones collide over a short range.
+  left.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
   left.set_xlabel("threshold |k| (smaller: pulls sooner)")
   left.set_ylabel("DEAHES-O − EAHES-O, same seed")
   left.set_title("Against the threshold")

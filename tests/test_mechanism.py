@@ -161,6 +161,8 @@ def test_activity_by_hand():
   assert act.rejoin_pull == pytest.approx((0.5 + 0.25) / 2)
   assert act.healthy_pull == pytest.approx(0.25 / 10)
   assert act.rejoin_share == pytest.approx(0.75 / 1.0)
+  assert act.mean_pull == pytest.approx((0.5 + 0.25 + 0.25) / 12)
+  assert act.rejoin_fraction == pytest.approx(2 / 12)
   # Where h1 = α in float32 the pull is exactly 0, not float rounding.
   still = mechanism.activity(
       [mechanism.RoundSeries(connected, u, u, np.full((7, 2), np.float32(

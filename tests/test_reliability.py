@@ -367,3 +367,50 @@ def test_a_bad_dataset_file_is_a_one_line_error(tmp_path, defect, message):
   assert len(lines) == 1, proc.stderr
   assert re.search(message, lines[0]), lines[0]
   assert not out.exists()  # Nothing written for a refused run.
+
+
+def _two_at_once(monkeypatch, name, call):
+  """Runs ``call`` in two threads, ``os.<name>`` held at a barrier so that
+  both have written their file before either renames or removes it (as two
+  processes started together can); returns the errors raised."""
+  import threading  # pylint: disable=g-import-not-at-top
+  real = getattr(os, name)
+  gate, order, errors = threading.Barrier(2), threading.Lock(), []
+
+  def gated(*args):
+    gate.wait(timeout=30)
+    with order:
+      return real(*args)
+
+  monkeypatch.setattr(os, name, gated)
+
+  def worker():
+    try:
+      call()
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(repr(e))
+
+  threads = [threading.Thread(target=worker) for _ in range(2)]
+  for t in threads:
+    t.start()
+  for t in threads:
+    t.join()
+  return errors
+
+
+def test_two_processes_write_one_record_at_once(tmp_path, monkeypatch):
+  # Two processes starting one grid both write its grid.json/study.json: a
+  # shared temporary name made the later rename fail.
+  path = tmp_path / "study.json"
+  assert _two_at_once(monkeypatch, "replace", lambda: results_folder.write_json(
+      str(path), {"study": "x"})) == []
+  assert json.loads(path.read_text()) == {"study": "x"}
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["study.json"]
+  assert (path.stat().st_mode & 0o777) == 0o644
+
+
+def test_two_processes_probe_one_folder_at_once(tmp_path, monkeypatch):
+  # check_writable's probe file, shared, was removed under the other's feet.
+  assert _two_at_once(monkeypatch, "remove", lambda: (
+      results_folder.check_writable(str(tmp_path)))) == []
+  assert list(tmp_path.iterdir()) == []

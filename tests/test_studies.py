@@ -1,5 +1,6 @@
 """The fidelity studies: what they run, that they resume, what they report."""
 
+import contextlib
 import dataclasses
 import json
 import shutil
@@ -9,6 +10,7 @@ import pytest
 
 from eahes_jax import config as config_lib
 from eahes_jax import claims
+from eahes_jax import experiment
 from eahes_jax import mechanism
 from eahes_jax import plotting
 from eahes_jax import stats
@@ -139,8 +141,10 @@ def test_a_run_another_process_holds_is_left_to_it(tmp_path):
                       log=log.append)
   assert not results_folder.is_complete(str(held))
   assert results_folder.is_complete(str(tmp_path / "runs" / study.runs[1][0]))
-  assert any(l.startswith(f"  {study.runs[0][0]}: left to another process")
-             for l in log)
+  assert (f"  {study.runs[0][0]}: another process is writing this run; left"
+          " to it") in log
+  assert log[-2] == ("1 of 2 runs still being written by other processes:"
+                     f" {study.runs[0][0]}")
   assert log[-1].startswith("study mechanism 1 of 2 runs complete")
   # Once the other process is gone, the same command finishes the study.
   log = []
@@ -148,6 +152,81 @@ def test_a_run_another_process_holds_is_left_to_it(tmp_path):
                     log=log.append)
   assert results_folder.is_complete(str(held))
   assert log[-1].startswith("study mechanism done")
+
+
+def test_a_process_that_ends_with_every_run_complete_says_done(tmp_path):
+  # Two processes, two runs: "A" holds run 0; this one skips it and runs
+  # run 1, and A finishes run 0 meanwhile. Both runs are complete when this
+  # process ends, so it says done.
+  study = tiny_study()
+  held = tmp_path / "runs" / study.runs[0][0]
+  held.mkdir(parents=True)
+  other = contextlib.ExitStack()
+  other.enter_context(results_folder.lock_out_dir(str(held)))
+  log = []
+
+  def log_and_let_a_finish(line):
+    log.append(line)
+    if line.startswith("[2/2]"):
+      other.close()
+      experiment.run_experiment(study.runs[0][1], str(held),
+                                data_source="sample", log=lambda s: None)
+
+  studies.run_study(study, str(tmp_path), data_source="sample",
+                    log=log_and_let_a_finish)
+  assert log[-1].startswith("study mechanism done"), log[-1]
+
+
+def test_a_run_whose_holder_died_is_resumed_at_the_end(tmp_path):
+  # "A" took run 0 and died before finishing (its lock is free again by the
+  # time this process looks at the runs it left).
+  study = tiny_study()
+  held = tmp_path / "runs" / study.runs[0][0]
+  held.mkdir(parents=True)
+  other = contextlib.ExitStack()
+  other.enter_context(results_folder.lock_out_dir(str(held)))
+  log = []
+
+  def log_and_let_a_die(line):
+    log.append(line)
+    if line.startswith("[2/2]"):
+      other.close()
+
+  studies.run_study(study, str(tmp_path), data_source="sample",
+                    log=log_and_let_a_die)
+  assert results_folder.is_complete(str(held))
+  assert any("left to another process earlier, looked at again" in l
+             for l in log)
+  assert log[-1].startswith("study mechanism done"), log[-1]
+
+
+def test_a_run_finished_by_another_between_look_and_lock(tmp_path,
+                                                         monkeypatch):
+  # This process decides "no resume" for run 0 (no config.json yet); before
+  # it takes the lock, another process runs run 0 to the end. The run is read
+  # back, not refused as "already holds this run".
+  study = tiny_study()
+  run0 = str(tmp_path / "runs" / study.runs[0][0])
+  real = results_folder.check_writable
+  fired = []
+
+  def check_writable(out_dir):
+    real(out_dir)
+    if out_dir == run0 and not fired:
+      fired.append(True)
+      monkeypatch.setattr(results_folder, "check_writable", real)
+      experiment.run_experiment(study.runs[0][1], run0, data_source="sample",
+                                log=lambda s: None)
+      monkeypatch.setattr(results_folder, "check_writable", check_writable)
+
+  monkeypatch.setattr(results_folder, "check_writable", check_writable)
+  log = []
+  studies.run_study(study, str(tmp_path), data_source="sample",
+                    log=log.append)
+  assert fired
+  assert any(l.endswith("completed by another process meanwhile")
+             for l in log)
+  assert log[-1].startswith("study mechanism done"), log[-1]
 
 
 def test_lr_sweep_table_leaves_out_a_run_still_training(study_dir, tmp_path):
@@ -199,6 +278,8 @@ def test_failure_label_names_each_setting():
   assert label() == "disconnect"
   assert label(failure_mode="crash") == "crash"
   assert label(failure_model="bursty", mean_outage=20.0) == "bursty 20"
+  assert label(failure_model="bursty", mean_outage=20.0,
+               failure_mode="crash") == "bursty 20, crash"
 
 
 def test_dw_sweep_table_pairs_each_weighting_run_with_its_pull(study_dir,
@@ -253,6 +334,20 @@ def _point(failures, history, threshold, mean):
                              0.95, 0)
   act = mechanism.Activity(0.2, 0.1, 10, 90, 0.18)
   return studies.DwPoint(failures, history, threshold, d, act)
+
+
+def test_a_run_that_stored_no_weights_has_no_pull_to_plot(tmp_path):
+  c = np.ones((3, 2), bool)
+  u = np.zeros((3, 2))
+  act = mechanism.activity(
+      [mechanism.RoundSeries(c, u, u, np.full((3, 2), np.nan))], 0.1)
+  assert act.rejoin_rounds + act.healthy_rounds == 0
+  assert np.isnan(act.mean_pull) and np.isnan(act.rejoin_fraction)
+  point = dataclasses.replace(_point("bursty 20", 1, -0.1, -0.01),
+                              activity=act)
+  path = study_figures.plot_dw_sweep([point], str(tmp_path / "dw.png"))
+  with open(path, "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
 
 
 def test_plot_dw_sweep_joins_each_setting_by_threshold(tmp_path):
