@@ -359,3 +359,22 @@ def test_plot_dw_sweep_joins_each_setting_by_threshold(tmp_path):
   path = study_figures.plot_dw_sweep(points, str(tmp_path / "dw.png"), "c")
   with open(path, "rb") as f:
     assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_grid_claims_leave_out_a_run_still_training(study_dir, tmp_path):
+  # The same runs as a grid folder (no study.json): claims.md pairs them;
+  # with one run unfinished it must not judge it at whatever round it had
+  # reached, but leave it out and say so.
+  out, _ = study_dir
+  grid_dir = tmp_path / "grid"
+  shutil.copytree(out, grid_dir)
+  (grid_dir / studies.STUDY_FILE).unlink()
+  study_figures.write_report(str(grid_dir), str(tmp_path / "full"))
+  full = (tmp_path / "full" / "claims.md").read_text()
+  assert "DEAHES-O − EAHES-O" in full and "Not finished" not in full
+  (grid_dir / "runs" / "EAHES-O_disconnect_tau1" /
+   results_folder.SUMMARY_FILE).unlink()
+  study_figures.write_report(str(grid_dir), str(tmp_path / "part"))
+  part = (tmp_path / "part" / "claims.md").read_text()
+  assert "DEAHES-O − EAHES-O" not in part
+  assert "Not finished, left out: EAHES-O_disconnect_tau1." in part
