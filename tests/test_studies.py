@@ -154,10 +154,10 @@ def test_a_run_another_process_holds_is_left_to_it(tmp_path):
   assert log[-1].startswith("study mechanism done")
 
 
-def test_a_process_that_ends_with_every_run_complete_says_done(tmp_path):
-  # Two processes, two runs: "A" holds run 0; this one skips it and runs
-  # run 1, and A finishes run 0 meanwhile. Both runs are complete when this
-  # process ends, so it says done.
+def _beside_a_holder(tmp_path, at_second_run):
+  """Runs tiny_study() while "another process" holds run 0's lock; when run
+  2 starts, calls ``at_second_run(release, study, held)``. Returns the log
+  and run 0's folder."""
   study = tiny_study()
   held = tmp_path / "runs" / study.runs[0][0]
   held.mkdir(parents=True)
@@ -165,35 +165,34 @@ def test_a_process_that_ends_with_every_run_complete_says_done(tmp_path):
   other.enter_context(results_folder.lock_out_dir(str(held)))
   log = []
 
-  def log_and_let_a_finish(line):
+  def log_and_act(line):
     log.append(line)
     if line.startswith("[2/2]"):
-      other.close()
-      experiment.run_experiment(study.runs[0][1], str(held),
-                                data_source="sample", log=lambda s: None)
+      at_second_run(other.close, study, held)
 
   studies.run_study(study, str(tmp_path), data_source="sample",
-                    log=log_and_let_a_finish)
+                    log=log_and_act)
+  return log, held
+
+
+def test_a_process_that_ends_with_every_run_complete_says_done(tmp_path):
+  # Two processes, two runs: "A" holds run 0; this one skips it and runs
+  # run 1, and A finishes run 0 meanwhile. Both runs are complete when this
+  # process ends, so it says done.
+  def a_finishes(release, study, held):
+    release()
+    experiment.run_experiment(study.runs[0][1], str(held),
+                              data_source="sample", log=lambda s: None)
+
+  log, _ = _beside_a_holder(tmp_path, a_finishes)
   assert log[-1].startswith("study mechanism done"), log[-1]
 
 
 def test_a_run_whose_holder_died_is_resumed_at_the_end(tmp_path):
   # "A" took run 0 and died before finishing (its lock is free again by the
   # time this process looks at the runs it left).
-  study = tiny_study()
-  held = tmp_path / "runs" / study.runs[0][0]
-  held.mkdir(parents=True)
-  other = contextlib.ExitStack()
-  other.enter_context(results_folder.lock_out_dir(str(held)))
-  log = []
-
-  def log_and_let_a_die(line):
-    log.append(line)
-    if line.startswith("[2/2]"):
-      other.close()
-
-  studies.run_study(study, str(tmp_path), data_source="sample",
-                    log=log_and_let_a_die)
+  log, held = _beside_a_holder(
+      tmp_path, lambda release, study, held: release())
   assert results_folder.is_complete(str(held))
   assert any("left to another process earlier, looked at again" in l
              for l in log)
