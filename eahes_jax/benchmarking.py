@@ -39,7 +39,9 @@ compiled chunk (``Simulation.lower_rounds``), and ``matmul_peak_gflops`` times
 a large float32 matmul in the same invocation. A row's ``achieved_gflops`` is
 samples/s × FLOPs per sample, and ``peak_fraction`` that over the matmul's
 GFLOP/s: the share of what this machine's cores reach on the friendliest
-kernel there is.
+kernel there is. Off the CPU the FLOPs are counted on the host CPU
+(``cpu_reference_flops_per_sample``): a GPU's cost analysis leaves out the
+cuDNN and cuBLAS calls that do the work.
 """
 
 from __future__ import annotations
@@ -218,6 +220,43 @@ def flops_per_sample(sim: simulator.Simulation,
                          * cfg.num_seeds)
 
 
+def cpu_reference_flops_per_sample(case: Case,
+                                   data: data_lib.MNIST | None = None
+                                   ) -> float | None:
+  """``flops_per_sample`` of a case's local step, counted on the CPU.
+
+  On a GPU, XLA hands convolutions and matrix products to cuDNN and cuBLAS as
+  custom calls, which its cost analysis does not count: the figure of a GPU
+  chunk is the element-wise remainder (an H200's gave 0.2 MFLOP per sample
+  for ``small_cnn``'s SGD step and 9 for ``cnn``'s, which the CPU's counts as
+  2.8 and 74). The training FLOPs per sample
+  are the model's and the method's, not the device's or k's (a test pins
+  that they do not change with k or the execution), so off the CPU they are
+  read from the same method and model compiled for the host CPU: one worker,
+  ``execution="map"``, im2col convolutions (plain dots, which the CPU's
+  analysis counts in full), one round. Nothing runs; only the compile.
+
+  Args:
+    case: the case whose FLOPs to count (its k, execution and rounds are
+      replaced as above).
+    data: the dataset; default ``synthetic_mnist()``.
+
+  Returns:
+    FLOPs per training sample, or ``None`` where the analysis does not say.
+  """
+  reference = dataclasses.replace(
+      case, num_workers=1, execution="map", rounds=1,
+      conv_impl="im2col" if case.model != "mlp" else case.conv_impl)
+  with jax.default_device(jax.devices("cpu")[0]):
+    sim = simulator.Simulation(case_config(reference),
+                               synthetic_mnist() if data is None else data)
+    try:
+      compiled = sim.lower_rounds(sim.init_state(), 1).compile()
+    except Exception:  # pylint: disable=broad-except
+      return None
+    return flops_per_sample(sim, compiled)
+
+
 def chunk_analysis(sim: simulator.Simulation, state: simulator.SimState,
                    rounds: int) -> dict[str, Any]:
   """``program_bytes`` and ``flops_per_sample`` of a chunk ``run_rounds``
@@ -228,6 +267,24 @@ def chunk_analysis(sim: simulator.Simulation, state: simulator.SimState,
     return {"program_bytes": None, "flops_per_sample": None}
   return {"program_bytes": _program_bytes(compiled),
           "flops_per_sample": flops_per_sample(sim, compiled)}
+
+
+def case_analysis(case: Case, sim: simulator.Simulation,
+                  state: simulator.SimState,
+                  data: data_lib.MNIST | None = None) -> dict[str, Any]:
+  """``chunk_analysis`` of a case's chunk, with FLOPs that count everything.
+
+  On the CPU the FLOPs are the chunk's own (``flops_source="chunk"``);
+  elsewhere the chunk's analysis leaves out the library calls that do the
+  work, and they come from ``cpu_reference_flops_per_sample``
+  (``flops_source="cpu_reference"``).
+  """
+  result = chunk_analysis(sim, state, case.rounds)
+  if jax.default_backend() == "cpu":
+    return {**result, "flops_source": "chunk"}
+  return {**result,
+          "flops_per_sample": cpu_reference_flops_per_sample(case, data),
+          "flops_source": "cpu_reference"}
 
 
 def matmul_peak_gflops(n: int = 3072, repeats: int = 5) -> dict[str, Any]:
@@ -314,8 +371,10 @@ def measure_group(cases: Sequence[Case],
     processes' load than wall time), ``compile_s`` (first − steady),
     ``samples_per_s``, ``rounds_per_s``, ``program_bytes`` (XLA's plan for
     the compiled chunk), ``flops_per_sample`` (``flops_per_sample``),
-    ``peak_memory_bytes`` and ``memory_kind`` (the process's high-water mark
-    when the group finished).
+    ``flops_source`` (``"chunk"``, or off the CPU ``"cpu_reference"``:
+    ``cpu_reference_flops_per_sample``), ``peak_memory_bytes`` and
+    ``memory_kind`` (the process's high-water mark when the group
+    finished).
 
   Raises:
     ValueError: for an invalid case, including a sharded case whose k is not a
@@ -371,7 +430,7 @@ def measure_group(cases: Sequence[Case],
         "compile_s": max(run["first"] - steady, 0.0),
         "samples_per_s": samples / steady,
         "rounds_per_s": case.rounds / steady,
-        **chunk_analysis(sim, run["state"], case.rounds),
+        **case_analysis(case, sim, run["state"], data),
         "peak_memory_bytes": mem,
         "memory_kind": mem_kind,
     })

@@ -22,6 +22,14 @@ threads as the process may use cores (its affinity mask); torch is given the
 same number (``torch_peer.set_threads``; ``torch_threads`` overrides it).
 PyTorch keeps its defaults otherwise (oneDNN convolutions on).
 
+Device: the peer computes where the simulator does (``torch_device="auto"``:
+CUDA when JAX's backend is a GPU and PyTorch sees one, else the CPU), each
+timed call ending with ``torch.cuda.synchronize`` there as the simulator's
+with ``block_until_ready``. Both frameworks keep their GPU defaults for
+float32: XLA's convolutions and matmuls use TF32 tensor cores on recent
+NVIDIA GPUs, PyTorch's cuDNN convolutions do too, and its cuBLAS matmuls do
+not (``torch.backends.cuda.matmul.allow_tf32``, recorded per row).
+
 Every row also carries the simulator's training FLOPs per sample
 (``benchmarking.flops_per_sample``) and, given the matmul peak measured in
 the same invocation, the fraction of that peak each program achieves (the
@@ -54,6 +62,30 @@ PEER_MODELS = ("small_cnn", "cnn")
 # (the simulator's EASGD takes plain SGD steps; the momentum buffer's update
 # is one elementwise pass per parameter, small beside a step's convolutions).
 PEER_MOMENTUM = 0.5
+TORCH_DEVICES = ("auto", "cpu", "cuda")
+
+
+def resolve_torch_device(torch_device: str = "auto") -> str:
+  """The torch device of the peer: ``"cpu"`` or ``"cuda"``.
+
+  Args:
+    torch_device: ``"auto"`` (the simulator's kind of device: ``"cuda"`` when
+      JAX computes on a GPU and PyTorch sees one, else ``"cpu"``), ``"cpu"``
+      or ``"cuda"``.
+
+  Raises:
+    ValueError: for another name, or ``"cuda"`` where PyTorch sees no GPU.
+  """
+  if torch_device not in TORCH_DEVICES:
+    raise ValueError(f"`torch_device` must be one of {TORCH_DEVICES}, got"
+                     f" {torch_device!r}")
+  import torch  # pylint: disable=g-import-not-at-top
+  cuda = torch.cuda.is_available()
+  if torch_device == "cuda" and not cuda:
+    raise ValueError("`torch_device=cuda`, but PyTorch sees no CUDA device")
+  if torch_device == "auto":
+    return "cuda" if cuda and jax.default_backend() == "gpu" else "cpu"
+  return torch_device
 
 
 def _check(case: benchmarking.Case) -> str:
@@ -70,7 +102,8 @@ def _check(case: benchmarking.Case) -> str:
 
 def measure_pair(case: benchmarking.Case,
                  data: data_lib.MNIST | None = None, *,
-                 torch_threads: int | None = None) -> dict[str, Any]:
+                 torch_threads: int | None = None,
+                 torch_device: str = "auto") -> dict[str, Any]:
   """Times the simulator and the PyTorch peer alternately on one case.
 
   Args:
@@ -78,6 +111,7 @@ def measure_pair(case: benchmarking.Case,
       per timed call and repeats; its ``execution`` is the simulator's.
     data: the dataset; default ``benchmarking.synthetic_mnist()``.
     torch_threads: torch's intra-op threads; default the process's cores.
+    torch_device: where the peer computes (``resolve_torch_device``).
 
   Returns:
     A JSON-friendly dict: the case's fields, ``method``, ``execution`` (the
@@ -85,13 +119,16 @@ def measure_pair(case: benchmarking.Case,
     ``steady_s``, ``steady_all_s``, ``first_call_s``, ``compile_s``,
     ``program_bytes`` and ``flops_per_sample`` for the simulator;
     ``torch_samples_per_s``, ``torch_steady_s``, ``torch_steady_all_s``,
-    ``torch_first_call_s``, ``torch_threads``, ``torch_version`` and
-    ``torch_mkldnn`` for the peer; ``ratio``.
+    ``torch_first_call_s``, ``torch_threads``, ``torch_version``,
+    ``torch_mkldnn``, ``torch_device`` and ``torch_tf32_matmul`` for the
+    peer; ``ratio``.
 
   Raises:
-    ValueError: for a model or family the peer does not have.
+    ValueError: for a model or family the peer does not have, or a
+      ``torch_device`` PyTorch cannot use.
   """
   optimizer = _check(case)
+  device = resolve_torch_device(torch_device)
   from eahes_jax import torch_peer  # pylint: disable=g-import-not-at-top
   import torch  # pylint: disable=g-import-not-at-top
 
@@ -110,7 +147,7 @@ def measure_pair(case: benchmarking.Case,
       case.model, optimizer, case.num_workers, data.train_images,
       data.train_labels, comm_period=case.comm_period,
       batch_size=case.batch_size, lr=sim.config.lr, momentum=PEER_MOMENTUM,
-      alpha=sim.config.alpha, seed=sim.config.seed)
+      alpha=sim.config.alpha, seed=sim.config.seed, device=device)
 
   def run_peer():
     peer.run_rounds(case.rounds)
@@ -139,7 +176,7 @@ def measure_pair(case: benchmarking.Case,
       "steady_s": steady,
       "steady_all_s": sim_s,
       "samples_per_s": samples / steady,
-      **benchmarking.chunk_analysis(sim, state, case.rounds),
+      **benchmarking.case_analysis(case, sim, state, data),
       "torch_first_call_s": torch_first,
       "torch_steady_s": torch_steady,
       "torch_steady_all_s": torch_s,
@@ -147,20 +184,23 @@ def measure_pair(case: benchmarking.Case,
       "torch_threads": threads,
       "torch_version": torch.__version__,
       "torch_mkldnn": bool(torch.backends.mkldnn.enabled),
+      "torch_device": device,
+      "torch_tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),
       "ratio": torch_steady / steady,
   }
 
 
-def _measure_pair_isolated(case: benchmarking.Case,
-                           torch_threads: int | None) -> dict[str, Any]:
+def _measure_pair_isolated(case: benchmarking.Case, torch_threads: int | None,
+                           torch_device: str) -> dict[str, Any]:
   # Top-level so that a spawned process can import it.
-  return measure_pair(case, torch_threads=torch_threads)
+  return measure_pair(case, torch_threads=torch_threads,
+                      torch_device=torch_device)
 
 
 def run_peer_benchmark(
     cases: Sequence[benchmarking.Case], *, peer: str = "torch",
     isolate: bool = False, torch_threads: int | None = None,
-    matmul_size: int = 3072,
+    torch_device: str = "auto", matmul_size: int = 3072,
     progress: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
   """Measures every case against the peer, and the matmul peak.
@@ -172,6 +212,7 @@ def run_peer_benchmark(
       one case to the next; each process sets torch's threads itself).
     torch_threads: torch's intra-op threads; default the cores the process
       may use, as XLA.
+    torch_device: where the peer computes (``resolve_torch_device``).
     matmul_size: n of the n × n float32 matmul that measures the peak, timed
       first, in this process.
     progress: called with each finished row.
@@ -184,8 +225,9 @@ def run_peer_benchmark(
     ``"error"`` for a case that cannot run.
 
   Raises:
-    ValueError: for an unknown peer, a missing PyTorch, or a case the peer
-      does not have (raised before anything runs).
+    ValueError: for an unknown peer, a missing PyTorch, a case the peer
+      does not have or a ``torch_device`` it cannot use (raised before
+      anything runs).
   """
   if peer not in PEERS:
     raise ValueError(f"peer must be one of {PEERS}, got {peer!r}")
@@ -193,6 +235,7 @@ def run_peer_benchmark(
     raise ValueError('the torch peer needs PyTorch: pip install -e ".[torch]"')
   for case in cases:
     _check(case)
+  resolve_torch_device(torch_device)
   env = benchmarking.environment()
   env.update(benchmarking.matmul_peak_gflops(matmul_size))
   rows = []
@@ -203,10 +246,11 @@ def run_peer_benchmark(
         with concurrent.futures.ProcessPoolExecutor(
             max_workers=1,
             mp_context=multiprocessing.get_context("spawn")) as pool:
-          row = pool.submit(_measure_pair_isolated, case,
-                            torch_threads).result()
+          row = pool.submit(_measure_pair_isolated, case, torch_threads,
+                            torch_device).result()
       else:
-        row = measure_pair(case, torch_threads=torch_threads)
+        row = measure_pair(case, torch_threads=torch_threads,
+                           torch_device=torch_device)
     except ValueError as e:
       row = {**dataclasses.asdict(case), "method": case.method,
              "error": str(e)}
@@ -244,6 +288,11 @@ def format_table(result: dict[str, Any]) -> str:
         f" {fmt(percent(r.get('torch_peak_fraction')), '9.1f')}"
         f" {fmt(r['compile_s'], '9.2f')}  {r['load_average_start']}")
   lines.append(benchmarking.format_environment(result["environment"]))
+  devices = sorted({f"{r['torch_device']} (TF32 matmuls"
+                    f" {'on' if r['torch_tf32_matmul'] else 'off'})"
+                    for r in result["rows"] if "torch_device" in r})
+  if devices:
+    lines.append(f"PyTorch on {', '.join(devices)}")
   r = next((r for r in result["rows"] if "torch_version" in r), None)
   if r is not None:
     lines.append(f"torch {r['torch_version']}, {r['torch_threads']}"

@@ -86,7 +86,7 @@ class SequentialPeer:
                images: np.ndarray, labels: np.ndarray, *,
                comm_period: int = 1, batch_size: int = 64, lr: float = 0.01,
                momentum: float = 0.5, alpha: float = 0.1, seed: int = 0,
-               flax_params: Any = None):
+               flax_params: Any = None, device: str = "cpu"):
     """Builds the workers, their optimizers, the master and the shards.
 
     Args:
@@ -105,6 +105,8 @@ class SequentialPeer:
         dropout).
       flax_params: optional flax params of the model for every worker and
         the master (default: torch's own initialisation).
+      device: the torch device every tensor lives on (``"cpu"``,
+        ``"cuda"``); ``run_rounds`` returns when its work there is done.
     """
     if model not in MODELS:
       raise ValueError(f"model must be one of {sorted(MODELS)}, got {model!r}")
@@ -114,24 +116,29 @@ class SequentialPeer:
     if num_workers < 1 or len(labels) < num_workers:
       raise ValueError(
           f"num_workers must be in [1, {len(labels)}], got {num_workers}")
+    self.device = torch.device(device)
     torch.manual_seed(seed)
     self.comm_period = comm_period
     self.batch_size = batch_size
     self.alpha = alpha
     self.second_order = optimizer == "adahessian"
-    self.images = tc.images_to_torch(images)
-    self.labels = torch.from_numpy(np.asarray(labels, np.int64))
+    self.images = tc.images_to_torch(images).to(self.device)
+    self.labels = torch.from_numpy(np.asarray(labels, np.int64)).to(
+        self.device)
     # Disjoint shards, as EASGD's and EAHES's partition (no overlap).
-    self.shards = list(torch.randperm(len(labels)).chunk(num_workers))
+    self.shards = [s.to(self.device) for s in
+                   torch.randperm(len(labels)).chunk(num_workers)]
     first = MODELS[model]()
     if flax_params is not None:
       tc.load_flax_params(first, flax_params)
+    first.to(self.device)
     # Every worker starts as a copy of the master (paper §II).
     self.master = [p.detach().clone() for p in first.parameters()]
     self.workers = []
     self.optimizers = []
     for _ in range(num_workers):
       net = MODELS[model]()
+      net.to(self.device)
       net.load_state_dict(first.state_dict())
       net.train()
       self.workers.append(net)
@@ -144,7 +151,8 @@ class SequentialPeer:
 
   def _local_step(self, j: int) -> None:
     net, opt, shard = self.workers[j], self.optimizers[j], self.shards[j]
-    rows = shard[torch.randint(len(shard), (self.batch_size,))]
+    rows = shard[torch.randint(len(shard), (self.batch_size,),
+                               device=self.device)]
     loss = F.cross_entropy(net(self.images[rows]), self.labels[rows])
     if self.second_order:
       params = list(net.parameters())
@@ -176,3 +184,5 @@ class SequentialPeer:
         for _ in range(self.comm_period):
           self._local_step(j)
         self._exchange(j)
+    if self.device.type == "cuda":  # Kernels run asynchronously there.
+      torch.cuda.synchronize(self.device)

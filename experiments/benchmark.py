@@ -50,6 +50,7 @@ as XLA uses, the cores the process may run on (--torch_threads overrides).
 """
 
 import json
+import os
 from collections.abc import Sequence
 
 from absl import app
@@ -171,6 +172,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     " the same work; needs the torch extra). Defaults then:"
                     " --workers=" + ",".join(map(str, PEER_WORKERS))
                     + ", --executions=auto.", flag_values=fv)
+  flags.DEFINE_enum("torch_device", "auto", list(peer_benchmark.TORCH_DEVICES),
+                    "Where the torch peer computes (auto: CUDA when JAX's"
+                    " backend is a GPU and PyTorch sees one, else the CPU).",
+                    flag_values=fv)
   flags.DEFINE_integer("torch_threads", None,
                        "torch's intra-op threads with --peer=torch (default:"
                        " the cores this process may use, as XLA).",
@@ -187,6 +192,11 @@ def main(argv: Sequence[str],
   if len(argv) > 1:
     cli.usage_error(f"unexpected arguments: {argv[1:]}")
   fv = flag_values
+  # Isolated groups run in child processes beside this one, which holds the
+  # matmul peak's buffers on the same device: under XLA's default (75 % of a
+  # GPU's memory preallocated per process) each child's allocation fails and
+  # is retried smaller, logging an error each time. Set before any JAX call.
+  os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
   try:
     cases = cases_from_flags(fv)
     if fv.json_out:  # Before the benchmark, not after it.
@@ -220,10 +230,11 @@ def main(argv: Sequence[str],
     try:
       result = peer_benchmark.run_peer_benchmark(
           cases, peer=fv.peer, isolate=isolate,
-          torch_threads=fv.torch_threads, matmul_size=matmul_size,
+          torch_threads=fv.torch_threads, torch_device=fv.torch_device,
+          matmul_size=matmul_size,
           progress=peer_progress)
     except ValueError as e:
-      cli.usage_error(str(e))
+      cli.usage_error(cli.flag_text(str(e)))
     print(peer_benchmark.format_table(result))
   else:
     result = benchmarking.run_benchmark(

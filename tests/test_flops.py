@@ -78,3 +78,41 @@ def test_peak_fractions_are_achieved_flops_over_the_peak():
   assert rows[0]["torch_achieved_gflops"] == pytest.approx(0.5)
   assert rows[0]["torch_peak_fraction"] == pytest.approx(0.125)
   assert rows[1]["peak_fraction"] is None
+
+
+def _case(model, k, execution, conv_impl="auto"):
+  return benchmarking.Case(family="sgd", model=model, execution=execution,
+                           num_workers=k, rounds=1, repeats=1,
+                           batch_size=16, conv_impl=conv_impl)
+
+
+@pytest.mark.parametrize("model", ["mlp", "small_cnn"])
+def test_the_cpu_reference_counts_what_the_cpu_chunk_counts(model):
+  # Off the CPU the benchmark reads FLOPs from this reference; on the CPU it
+  # must agree with the analysis of the case's own chunk (k = 2, vmap).
+  data = tiny_mnist()
+  sim = simulator.Simulation(
+      benchmarking.case_config(_case(model, 2, "vmap", "im2col")), data)
+  state, _ = sim.run_rounds(sim.init_state(), 1)
+  chunk = benchmarking.chunk_analysis(sim, state, 1)["flops_per_sample"]
+  reference = benchmarking.cpu_reference_flops_per_sample(
+      _case(model, 2, "vmap", "xla"), data)
+  assert chunk > 0
+  assert reference == pytest.approx(chunk, rel=0.05)
+
+
+def test_off_the_cpu_rows_take_their_flops_from_the_cpu_reference(
+    monkeypatch):
+  data = tiny_mnist()
+  case = _case("mlp", 1, "map")  # the reference's own program on the CPU
+  on_cpu = benchmarking.measure_group([case], data)[0]
+  assert on_cpu["flops_source"] == "chunk"
+  # A backend whose own analysis says nothing (as a GPU's says too little).
+  monkeypatch.setattr(benchmarking, "chunk_analysis",
+                      lambda *a: {"program_bytes": None,
+                                  "flops_per_sample": None})
+  monkeypatch.setattr(benchmarking.jax, "default_backend", lambda: "gpu")
+  off_cpu = benchmarking.measure_group([case], data)[0]
+  assert off_cpu["flops_source"] == "cpu_reference"
+  assert off_cpu["flops_per_sample"] == pytest.approx(
+      on_cpu["flops_per_sample"], rel=1e-6)

@@ -109,6 +109,8 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
       assert math.isfinite(r[name]) and r[name] > 0, (name, r)
     assert r["compile_s"] >= 0 and len(r["load_average_start"]) == 3
     assert r["torch_threads"] == len(os.sched_getaffinity(0))
+    # JAX computes on the CPU here, so the peer does too.
+    assert r["torch_device"] == "cpu" and r["torch_tf32_matmul"] is False
   # AdaHessian's step does more work than SGD's.
   assert rows[1]["flops_per_sample"] > 1.5 * rows[0]["flops_per_sample"]
   assert result["environment"]["matmul_peak_gflops"] > 0
@@ -117,7 +119,35 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
                 if line.startswith("method"))
   assert "sim smp/s" in header and "torch smp/s" in header
   assert "ratio" in header
+  assert "PyTorch on cpu (TF32 matmuls off)" in printed
   for r in rows:
     assert any(line.startswith(r["method"]) and " small_cnn " in line
                and f"{r['ratio']:.2f}" in line
                for line in printed.splitlines()), printed
+
+
+@needs_torch
+def test_the_peer_computes_where_jax_does_and_refuses_a_missing_gpu(
+    capsys):
+  import torch  # pylint: disable=g-import-not-at-top
+  assert peer_benchmark.resolve_torch_device("cpu") == "cpu"
+  expected = ("cuda" if torch.cuda.is_available()
+              and jax.default_backend() == "gpu" else "cpu")
+  assert peer_benchmark.resolve_torch_device("auto") == expected
+  with pytest.raises(ValueError, match="torch_device"):
+    peer_benchmark.resolve_torch_device("tpu")
+  if torch.cuda.is_available():
+    return
+  with pytest.raises(ValueError, match="no CUDA device"):
+    peer_benchmark.run_peer_benchmark(
+        benchmarking.make_cases(["sgd"], ["small_cnn"], ["map"], [2]),
+        torch_device="cuda")
+  # The binary names the flag, before anything runs.
+  flag_values = flags.FlagValues()
+  benchmark.define_flags(flag_values)
+  flag_values(["benchmark", "--peer=torch", "--smoke",
+               "--torch_device=cuda"])
+  with pytest.raises(SystemExit):
+    benchmark.main(["benchmark"], flag_values=flag_values)
+  err = capsys.readouterr().err
+  assert "--torch_device=cuda" in err and "no CUDA device" in err
