@@ -348,8 +348,8 @@ class Activity(NamedTuple):
     rejoin_rounds: how many rejoin worker-rounds were averaged.
     healthy_rounds: how many healthy worker-rounds were averaged.
     rejoin_share: the fraction of all pull (summed s over connected rounds)
-      that fell on rejoin rounds; compare ``rejoin_rounds`` over both counts,
-      the share a pull blind to rejoins would get. NaN if nothing pulled.
+      that fell on rejoin rounds; compare ``rejoin_fraction``, the share a
+      pull blind to rejoins would get. NaN if nothing pulled.
   """
 
   rejoin_pull: float

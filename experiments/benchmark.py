@@ -189,8 +189,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Runs the benchmark configured by `flag_values`; prints and saves it."""
-  if len(argv) > 1:
-    cli.usage_error(f"unexpected arguments: {argv[1:]}")
+  cli.binary_prologue(argv)
   fv = flag_values
   # Isolated groups run in child processes beside this one, which holds the
   # matmul peak's buffers on the same device: under XLA's default (75 % of a

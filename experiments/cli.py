@@ -62,11 +62,12 @@ def parse_numbers(values: list[str], field: str, kind: type = float
         f" {','.join(values)!r}", field) from None
 
 
-def binary_prologue(argv: list[str]) -> None:
-  """What every experiment binary does first: no stray arguments, and JAX's
-  INFO lines (e.g. "Unable to initialize backend 'tpu'") kept off stderr
-  unless ``--verbosity`` asks for them, so errors stay one line."""
-  if len(argv) > 1:
+def binary_prologue(argv: list[str], positional: int = 0) -> None:
+  """What every experiment binary does first: no stray arguments (beyond
+  ``positional`` ones), and JAX's INFO lines (e.g. "Unable to initialize
+  backend 'tpu'") kept off stderr unless ``--verbosity`` asks for them, so
+  errors stay one line."""
+  if len(argv) > 1 + positional:
     usage_error(f"unexpected arguments: {argv[1:]} (flags are --name=value)")
   if not flags.FLAGS["verbosity"].present:
     logging.set_verbosity(logging.WARNING)

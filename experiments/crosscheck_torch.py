@@ -310,8 +310,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Loads the data, runs `run_crosscheck` and prints its report."""
-  if len(argv) > 1:
-    cli.usage_error(f"unexpected arguments: {argv[1:]}")
+  cli.binary_prologue(argv)
   fv = flag_values
   try:
     report_steps = [int(s) for s in fv.report_steps]

@@ -52,8 +52,7 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
 def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Runs the benchmark configured by `flag_values` and prints a table."""
-  if len(argv) > 1:
-    cli.usage_error(f"unexpected arguments: {argv[1:]}")
+  cli.binary_prologue(argv)
   fv = flag_values
   if not fv.models:  # An empty list would measure nothing and say so as 0.
     cli.usage_error("--models must not be empty")

@@ -33,6 +33,7 @@ def main(argv):
   if len(argv) != 2:
     cli.usage_error("usage: python -m experiments.plot RESULTS_DIR"
                            " [--out_dir=FIGURES_DIR]")
+  cli.binary_prologue(argv, positional=1)
   try:
     paths = []
     if studies.read_study(argv[1]) is None:

@@ -308,3 +308,12 @@ def test_invalid_flag_is_a_one_line_error_naming_it(module, args, flag,
   assert lines[0].startswith(("error: " + flag, "FATAL Flags parsing error: "
                               f"flag {flag}=")), lines[0]
   assert not out.exists()  # Nothing written for a refused run.
+
+
+def test_the_benchmark_binary_keeps_jax_info_lines_off_stderr():
+  # It used to check its argv by hand and skip cli.binary_prologue, so JAX's
+  # "Unable to initialize backend 'tpu'" INFO line reached the user.
+  proc = run_binary("benchmark", "--smoke")
+  assert proc.returncode == 0, proc.stderr
+  info = [l for l in proc.stderr.splitlines() if re.match(r"^I\d{4} ", l)]
+  assert not info, info

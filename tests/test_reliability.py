@@ -23,6 +23,7 @@ import signal
 import struct
 import subprocess
 import sys
+import threading
 import time
 import types
 
@@ -373,7 +374,6 @@ def _two_at_once(monkeypatch, name, call):
   """Runs ``call`` in two threads, ``os.<name>`` held at a barrier so that
   both have written their file before either renames or removes it (as two
   processes started together can); returns the errors raised."""
-  import threading  # pylint: disable=g-import-not-at-top
   real = getattr(os, name)
   gate, order, errors = threading.Barrier(2), threading.Lock(), []
 
