@@ -195,8 +195,11 @@ def flops_per_sample(sim: simulator.Simulation,
   the chunk's FLOPs are one local step of ``workers_per_program`` workers on
   a minibatch each, for every seed, plus the work per parameter of a step
   and a round (optimizer, exchange, checks), here amortised over the batch:
-  for the CNNs at batch 64 under 1 % of the figure, for the 25k-parameter
-  mlp about 10 %.
+  for the CNNs at batch 64 and k = 1 under 1 % of the figure, for the
+  25k-parameter mlp about 10 %. Under ``map`` the round's exchange and checks
+  of all k workers sit outside the counted loop pass and are divided by one
+  worker's batch, so the figure grows with k (``cnn`` SGD: 73.8 MFLOP at
+  k = 1, 83.2 at k = 64).
 
   Args:
     sim: the simulation whose chunk was compiled.
@@ -228,13 +231,17 @@ def cpu_reference_flops_per_sample(case: Case,
   On a GPU, XLA hands convolutions and matrix products to cuDNN and cuBLAS as
   custom calls, which its cost analysis does not count: the figure of a GPU
   chunk is the element-wise remainder (an H200's gave 0.2 MFLOP per sample
-  for ``small_cnn``'s SGD step and 9 for ``cnn``'s, which the CPU's counts as
-  2.8 and 74). The training FLOPs per sample
-  are the model's and the method's, not the device's or k's (a test pins
-  that they do not change with k or the execution), so off the CPU they are
-  read from the same method and model compiled for the host CPU: one worker,
+  for ``small_cnn``'s SGD step and 9 for ``cnn``'s, where the CPU's counts
+  2.76 and 73.8 at k = 1). A training step's FLOPs per sample are the
+  model's and the method's, not the device's, so off the CPU they are read
+  from the same method and model compiled for the host CPU: one worker,
   ``execution="map"``, im2col convolutions (plain dots, which the CPU's
   analysis counts in full), one round. Nothing runs; only the compile.
+
+  The figure is k = 1's. A CPU chunk's own figure grows slowly with k under
+  ``map``, whose one counted pass of the loop over workers sits beside the
+  round's exchange of all k workers, divided by one worker's batch (``cnn``
+  SGD: 73.8 at k = 1, 83.2 at k = 64); the step itself is the same.
 
   Args:
     case: the case whose FLOPs to count (its k, execution and rounds are
@@ -247,14 +254,16 @@ def cpu_reference_flops_per_sample(case: Case,
   reference = dataclasses.replace(
       case, num_workers=1, execution="map", rounds=1,
       conv_impl="im2col" if case.model != "mlp" else case.conv_impl)
-  with jax.default_device(jax.devices("cpu")[0]):
-    sim = simulator.Simulation(case_config(reference),
-                               synthetic_mnist() if data is None else data)
-    try:
+  try:
+    # JAX_PLATFORMS=cuda, say, leaves no CPU backend: no figure, no crash.
+    cpu = jax.devices("cpu")[0]
+    with jax.default_device(cpu):
+      sim = simulator.Simulation(case_config(reference),
+                                 synthetic_mnist() if data is None else data)
       compiled = sim.lower_rounds(sim.init_state(), 1).compile()
-    except Exception:  # pylint: disable=broad-except
-      return None
-    return flops_per_sample(sim, compiled)
+      return flops_per_sample(sim, compiled)
+  except Exception:  # pylint: disable=broad-except
+    return None
 
 
 def chunk_analysis(sim: simulator.Simulation, state: simulator.SimState,
@@ -277,14 +286,16 @@ def case_analysis(case: Case, sim: simulator.Simulation,
   On the CPU the FLOPs are the chunk's own (``flops_source="chunk"``);
   elsewhere the chunk's analysis leaves out the library calls that do the
   work, and they come from ``cpu_reference_flops_per_sample``
-  (``flops_source="cpu_reference"``).
+  (``flops_source="cpu_reference"``, or ``"unavailable"`` where that cannot
+  be compiled: then no FLOPs and no share of the peak).
   """
   result = chunk_analysis(sim, state, case.rounds)
   if jax.default_backend() == "cpu":
     return {**result, "flops_source": "chunk"}
-  return {**result,
-          "flops_per_sample": cpu_reference_flops_per_sample(case, data),
-          "flops_source": "cpu_reference"}
+  flops = cpu_reference_flops_per_sample(case, data)
+  return {**result, "flops_per_sample": flops,
+          "flops_source": "cpu_reference" if flops is not None
+                          else "unavailable"}
 
 
 def matmul_peak_gflops(n: int = 3072, repeats: int = 5) -> dict[str, Any]:
@@ -371,8 +382,7 @@ def measure_group(cases: Sequence[Case],
     processes' load than wall time), ``compile_s`` (first − steady),
     ``samples_per_s``, ``rounds_per_s``, ``program_bytes`` (XLA's plan for
     the compiled chunk), ``flops_per_sample`` (``flops_per_sample``),
-    ``flops_source`` (``"chunk"``, or off the CPU ``"cpu_reference"``:
-    ``cpu_reference_flops_per_sample``), ``peak_memory_bytes`` and
+    ``flops_source`` (``case_analysis``), ``peak_memory_bytes`` and
     ``memory_kind`` (the process's high-water mark when the group
     finished).
 

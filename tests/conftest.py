@@ -13,6 +13,7 @@ import atexit
 import os
 import pathlib
 import shutil
+import signal
 import tempfile
 
 os.environ.setdefault("XLA_FLAGS", os.environ.get(
@@ -25,6 +26,7 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
 # pylint: disable=g-import-not-at-top,wrong-import-position
 
+from absl import logging
 import pytest
 
 from eahes_jax import data as data_lib
@@ -44,6 +46,30 @@ def tiny_mnist(n_train: int = 256, n_test: int = 128,
                seed: int = 0) -> data_lib.MNIST:
   """A small random dataset shaped like MNIST, for engine tests."""
   return data_lib.synthetic_mnist(n_train, n_test, seed)
+
+
+@pytest.fixture(autouse=True)
+def _process_state_restored():
+  """Undoes what a binary's ``main`` called in-process sets for its process.
+
+  ``cli.binary_prologue`` installs SIGINT/SIGTERM handlers that end the
+  process at once (pytest would then stop without its summary or cleanup)
+  and lowers absl's verbosity; the benchmark sets a JAX environment default.
+  """
+  handlers = {sig: signal.getsignal(sig)
+              for sig in (signal.SIGINT, signal.SIGTERM)}
+  verbosity = logging.get_verbosity()
+  env = {name: os.environ.get(name)
+         for name in ("XLA_PYTHON_CLIENT_PREALLOCATE",)}
+  yield
+  for sig, handler in handlers.items():
+    signal.signal(sig, handler)
+  logging.set_verbosity(verbosity)
+  for name, value in env.items():
+    if value is None:
+      os.environ.pop(name, None)
+    else:
+      os.environ[name] = value
 
 
 @pytest.fixture(scope="session")
