@@ -28,7 +28,7 @@ import dataclasses
 import json
 import os
 import time
-from typing import Callable
+from typing import Callable, Sequence
 
 import numpy as np
 
@@ -504,6 +504,60 @@ def dw_sweep_results(study: Study, out_dir: str, quantity: str = "late",
   return points, unfinished
 
 
+def dw_sweep_summary(points: Sequence[DwPoint]) -> str:
+  """Markdown: the weighting sweep in one row per failure setting.
+
+  Per setting: how many (p, k) settings finished; how many put DEAHES-O
+  ahead of, level with and behind EAHES-O (by whether the 95 % interval lies
+  above 0, across it or below it); the setting with the largest mean
+  difference; the range of mean differences at the eager thresholds
+  (|k| < 1); and the range over settings of the pull on rejoin rounds
+  divided by that on healthy ones (above 1: the pull leans toward returning
+  workers).
+
+  Args:
+    points: ``dw_sweep_results``' points.
+
+  Returns:
+    The table, or a line saying that no setting has finished.
+  """
+  if not points:
+    return "No setting of the sweep has finished yet.\n"
+  groups: dict[str, list[DwPoint]] = {}
+  for point in points:
+    groups.setdefault(point.failures, []).append(point)
+
+  def span(values, fmt):
+    values = [v for v in values if np.isfinite(v)]
+    if not values:
+      return "–"
+    low, high = min(values), max(values)
+    return (format(low, fmt) if format(low, fmt) == format(high, fmt)
+            else f"{low:{fmt}} to {high:{fmt}}")
+
+  lines = ["| failures | settings | ahead / level / behind | best (p, k):"
+           " DEAHES-O − EAHES-O [95 % CI], ahead on | eager k (−0.1, −0.3):"
+           " mean differences | pull on rejoin ÷ healthy rounds |",
+           "|---|---|---|---|---|---|"]
+  for failures in sorted(groups):
+    group = groups[failures]
+    verdicts = [point.difference.verdict for point in group]
+    best = max(group, key=lambda point: point.difference.mean)
+    eager = [point.difference.mean for point in group
+             if abs(point.threshold) < 1]
+    ratios = [point.activity.rejoin_pull / point.activity.healthy_pull
+              for point in group if point.activity.healthy_pull > 0]
+    lines.append(
+        f"| {failures} | {len(group)} |"
+        f" {verdicts.count(stats.A_AHEAD)} / {verdicts.count(stats.UNDECIDED)}"
+        f" / {verdicts.count(stats.B_AHEAD)} |"
+        f" ({best.history}, {best.threshold:g}):"
+        f" {best.difference.format()},"
+        f" {best.difference.wins}/{best.difference.n} |"
+        f" {span(eager, '+.4f')} | {span(ratios, '.2f')} |")
+  return "\n".join(lines) + "\n"
+
+
 def dw_sweep_table(study: Study, out_dir: str, quantity: str = "late",
                    window: int = 3) -> str:
   """Markdown: per failure setting, p and k, DEAHES-O − EAHES-O paired per
@@ -518,6 +572,7 @@ def dw_sweep_table(study: Study, out_dir: str, quantity: str = "late",
       f" snapped onto the master; rejoin rounds are those within {window}"
       " rounds of an outage end; \"pull's share on rejoins\" against"
       " \"rejoin rounds' share\" says whether the pull finds them.", "",
+      dw_sweep_summary(points).rstrip("\n"), "",
       "| failures | p | k | DEAHES-O − EAHES-O [95 % CI] | ahead on |"
       " mean pull, rejoin rounds | mean pull, healthy rounds |"
       " pull's share on rejoins | rejoin rounds' share |",

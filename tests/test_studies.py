@@ -377,3 +377,26 @@ def test_grid_claims_leave_out_a_run_still_training(study_dir, tmp_path):
   part = (tmp_path / "part" / "claims.md").read_text()
   assert "DEAHES-O − EAHES-O" not in part
   assert "Not finished, left out: EAHES-O_disconnect_tau1." in part
+
+
+def test_dw_sweep_summary_counts_verdicts_and_spans_per_failure_setting():
+  ahead = _point("crash", 3, -3.0, 0.01)  # interval [+0.008, +0.012]
+  level = dataclasses.replace(
+      _point("crash", 1, -1.0, 0.001),
+      difference=stats.PairedDifference(0.001, 0.002, 5, -0.001, 0.003,
+                                        0.95, 3))
+  eager = [_point("crash", 1, -0.1, -0.03), _point("crash", 2, -0.3, -0.02)]
+  eager[1] = dataclasses.replace(
+      eager[1], activity=mechanism.Activity(0.5, 0.1, 10, 90, 0.36))
+  other = _point("bursty 20", 1, -3.0, -0.004)
+  table = studies.dw_sweep_summary([ahead, level, *eager, other])
+  rows = [line for line in table.splitlines() if line.startswith("| ")][1:]
+  assert rows == [
+      # One setting, behind; no eager threshold; pull 0.2 ÷ 0.1.
+      "| bursty 20 | 1 | 0 / 0 / 1 | (1, -3): -0.0040 [-0.0060, -0.0020],"
+      " 0/5 | – | 2.00 |",
+      # Best by mean: p = 3, k = −3; eager means −0.03 and −0.02; pull
+      # ratios 2 (three settings) and 5.
+      "| crash | 4 | 1 / 1 / 2 | (3, -3): +0.0100 [+0.0080, +0.0120], 0/5 |"
+      " -0.0300 to -0.0200 | 2.00 to 5.00 |"]
+  assert studies.dw_sweep_summary([]).startswith("No setting")
