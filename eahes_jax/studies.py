@@ -511,7 +511,7 @@ def dw_sweep_summary(points: Sequence[DwPoint]) -> str:
   ahead of, level with and behind EAHES-O (by whether the 95 % interval lies
   above 0, across it or below it); the setting with the largest mean
   difference; the range of mean differences at the eager thresholds
-  (|k| < 1); and the range over settings of the pull on rejoin rounds
+  (k > −1); and the range over settings of the pull on rejoin rounds
   divided by that on healthy ones (above 1: the pull leans toward returning
   workers).
 
@@ -536,15 +536,15 @@ def dw_sweep_summary(points: Sequence[DwPoint]) -> str:
             else f"{low:{fmt}} to {high:{fmt}}")
 
   lines = ["| failures | settings | ahead / level / behind | best (p, k):"
-           " DEAHES-O − EAHES-O [95 % CI], ahead on | eager k (−0.1, −0.3):"
-           " mean differences | pull on rejoin ÷ healthy rounds |",
+           " DEAHES-O − EAHES-O [95 % CI], ahead on | eager thresholds"
+           " (k > −1): mean differences | pull on rejoin ÷ healthy rounds |",
            "|---|---|---|---|---|---|"]
   for failures in sorted(groups):
     group = groups[failures]
     verdicts = [point.difference.verdict for point in group]
     best = max(group, key=lambda point: point.difference.mean)
     eager = [point.difference.mean for point in group
-             if abs(point.threshold) < 1]
+             if point.threshold > -1]
     ratios = [point.activity.rejoin_pull / point.activity.healthy_pull
               for point in group if point.activity.healthy_pull > 0]
     lines.append(
