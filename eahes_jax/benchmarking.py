@@ -639,6 +639,66 @@ def fmt(x: float | None, spec: str) -> str:
   return "-" if x is None or not math.isfinite(x) else format(x, spec)
 
 
+def add_speedups(rows: list[dict[str, Any]],
+                 baseline: dict[str, Any]) -> list[dict[str, Any]]:
+  """Each row's speed-up over the same case measured on another machine.
+
+  A row is matched, by method, model, k, τ and batch, to the rows of
+  ``baseline`` (an earlier ``run_benchmark`` result: the JSON that
+  ``--json_out`` wrote, say on a CPU) in any execution; the fastest of them
+  counts, so that each machine is taken at its best execution (``map`` on a
+  CPU, ``vmap`` on a GPU).
+
+  Args:
+    rows: this run's rows (rows with an ``"error"`` are left alone).
+    baseline: the other result, ``{"environment": ..., "rows": [...]}``.
+
+  Returns:
+    ``rows``, each given ``baseline_samples_per_s``, ``baseline_execution``
+    and ``speedup`` (its samples/s over the baseline's), all ``None`` where
+    the baseline has no such case.
+  """
+  def key(r):
+    return (r["method"], r["model"], r["num_workers"], r["comm_period"],
+            r["batch_size"])
+
+  best: dict[Any, dict[str, Any]] = {}
+  for r in baseline["rows"]:
+    if "error" in r or r.get("samples_per_s") is None:
+      continue
+    if key(r) not in best or r["samples_per_s"] > best[key(r)][
+        "samples_per_s"]:
+      best[key(r)] = r
+  for r in rows:
+    if "error" in r:
+      continue
+    match = best.get(key(r))
+    r["baseline_samples_per_s"] = match and match["samples_per_s"]
+    r["baseline_execution"] = match and match["execution"]
+    r["speedup"] = match and r["samples_per_s"] / match["samples_per_s"]
+  return rows
+
+
+def format_speedups(result: dict[str, Any]) -> str:
+  """Lines of ``add_speedups``' figures, after the baseline's machine; empty
+  if the result has none."""
+  base = result["environment"].get("baseline_environment")
+  if base is None:
+    return ""
+  lines = [f"speed-up over the baseline: {format_environment(base)}"]
+  for r in result["rows"]:
+    if "error" in r:
+      continue
+    if r.get("speedup") is None:
+      lines.append(f"{case_columns(r)}  no such case in the baseline")
+    else:
+      lines.append(
+          f"{case_columns(r)} {r['speedup']:8.1f}x  ({r['samples_per_s']:,.0f}"
+          f" against {r['baseline_samples_per_s']:,.0f} samples/s,"
+          f" {r['baseline_execution']})")
+  return "\n".join(lines)
+
+
 def format_environment(env: dict[str, Any]) -> str:
   """One line: the hardware, the matmul peak and the load averages."""
   peak = env.get("matmul_peak_gflops")

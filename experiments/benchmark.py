@@ -16,6 +16,12 @@ Usage:
       --workers=8 --rounds=20 --repeats=5                 # the issue's target
   python -m experiments.benchmark --smoke                 # seconds; for tests
 
+  # On a GPU, the speed-up over a CPU run of the same cases (its JSON):
+  python -m experiments.benchmark --models=small_cnn --workers=64 \
+      --executions=map --json_out=cpu.json                # on the CPU
+  python -m experiments.benchmark --models=small_cnn --workers=64 \
+      --executions=vmap --compare_to=cpu.json             # on the GPU
+
   # The simulator against a sequential PyTorch program, alternating (issue 15)
   python -m experiments.benchmark --peer=torch --repeats=5 --json_out=peer.json
   python -m experiments.benchmark --peer=torch --workers=1,8,32 --repeats=5
@@ -160,6 +166,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     "Run each model × execution × k in a fresh process (peak"
                     " memory per group; compiled programs do not pile up).",
                     flag_values=fv)
+  flags.DEFINE_string("compare_to", None,
+                      "A JSON an earlier run wrote (--json_out), e.g. on a"
+                      " CPU: print each row's speed-up over the same case"
+                      " there (its fastest execution).", flag_values=fv)
   flags.DEFINE_string("json_out", None, "Write the results here as JSON.",
                       flag_values=fv)
   flags.DEFINE_bool("smoke", False,
@@ -186,6 +196,25 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=fv)
 
 
+def read_baseline(path: str) -> dict:
+  """The result JSON that --compare_to names; ValueError if it is none."""
+  try:
+    with open(path) as f:
+      baseline = json.load(f)
+  except (OSError, ValueError) as e:
+    raise ValueError(f"--compare_to={path} cannot be read: {e}") from None
+  fields = ("method", "model", "execution", "num_workers", "comm_period",
+            "batch_size", "samples_per_s")
+  if (not isinstance(baseline, dict)
+      or not isinstance(baseline.get("rows"), list)
+      or not isinstance(baseline.get("environment"), dict)
+      or not all(isinstance(r, dict) and ("error" in r or all(
+          name in r for name in fields)) for r in baseline["rows"])):
+    raise ValueError(f"--compare_to={path} is not a result that --json_out"
+                     " wrote (rows of cases, and an environment)")
+  return baseline
+
+
 def main(argv: Sequence[str],
          flag_values: flags.FlagValues = flags.FLAGS) -> None:
   """Runs the benchmark configured by `flag_values`; prints and saves it."""
@@ -200,6 +229,7 @@ def main(argv: Sequence[str],
     cases = cases_from_flags(fv)
     if fv.json_out:  # Before the benchmark, not after it.
       cli.check_output_file(fv.json_out, "json_out")
+    baseline = read_baseline(fv.compare_to) if fv.compare_to else None
   except config_lib.ConfigError as e:
     cli.exit_with(e)
   except (ValueError, KeyError) as e:
@@ -239,6 +269,10 @@ def main(argv: Sequence[str],
     result = benchmarking.run_benchmark(
         cases, isolate=isolate, progress=progress, matmul_size=matmul_size)
     print(benchmarking.format_table(result))
+  if baseline is not None:
+    benchmarking.add_speedups(result["rows"], baseline)
+    result["environment"]["baseline_environment"] = baseline["environment"]
+    print(benchmarking.format_speedups(result))
   if fv.json_out:
     with open(fv.json_out, "w") as f:
       json.dump(result, f, indent=2)

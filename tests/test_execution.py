@@ -213,3 +213,53 @@ def test_make_cases_groups_families_and_skips():
     benchmarking.make_cases(executions=["pmap"])
   with pytest.raises(ValueError, match="family"):
     benchmarking.make_cases(families=["adam"])
+
+
+def test_speedups_take_the_baselines_fastest_execution_of_the_same_case():
+  def row(method, execution_, k, sps):
+    return {"method": method, "model": "small_cnn", "execution": execution_,
+            "num_workers": k, "comm_period": 1, "batch_size": 64,
+            "samples_per_s": sps}
+
+  baseline = {"environment": {}, "rows": [
+      row("EASGD", "map", 64, 8000.0), row("EASGD", "vmap", 64, 4000.0),
+      row("EAHES", "map", 64, 4000.0), {"method": "EAHES", "error": "x"}]}
+  rows = [row("EASGD", "vmap", 64, 720000.0), row("EAHES", "vmap", 64,
+                                                  300000.0),
+          row("EASGD", "vmap", 8, 400000.0), {"method": "EASGD", "error": "y"}]
+  benchmarking.add_speedups(rows, baseline)
+  assert rows[0]["speedup"] == pytest.approx(90.0)  # against map's 8,000
+  assert rows[0]["baseline_execution"] == "map"
+  assert rows[1]["speedup"] == pytest.approx(75.0)
+  assert rows[2]["speedup"] is None  # k = 8 is not in the baseline
+  assert "speedup" not in rows[3]
+
+
+def test_benchmark_compares_to_an_earlier_runs_json(tmp_path, capsys):
+  def run(*args):
+    flag_values = flags.FlagValues()
+    benchmark.define_flags(flag_values)
+    flag_values(["benchmark", "--smoke", *args])
+    benchmark.main(["benchmark"], flag_values=flag_values)
+
+  first, second = tmp_path / "first.json", tmp_path / "second.json"
+  run(f"--json_out={first}")
+  capsys.readouterr()
+  run(f"--compare_to={first}", f"--json_out={second}")
+  before = json.loads(first.read_text())
+  after = json.loads(second.read_text())
+  assert after["environment"]["baseline_environment"] == (
+      before["environment"])
+  for r in after["rows"]:
+    same = [b for b in before["rows"]
+            if (b["method"], b["num_workers"]) == (r["method"],
+                                                   r["num_workers"])]
+    fastest = max(b["samples_per_s"] for b in same)
+    assert r["speedup"] == pytest.approx(r["samples_per_s"] / fastest)
+  assert "speed-up over the baseline" in capsys.readouterr().out
+  # A file that is no benchmark result is refused before anything runs.
+  bad = tmp_path / "bad.json"
+  bad.write_text(json.dumps({"rows": [{"model": "mlp"}], "environment": {}}))
+  with pytest.raises(SystemExit):
+    run(f"--compare_to={bad}")
+  assert "--compare_to" in capsys.readouterr().err
