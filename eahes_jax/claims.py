@@ -183,13 +183,15 @@ def evaluate_claims(runs: Sequence[RunLike], quantity: str = "final"
                     for a, b, want in needs)
       if any(c.diff is not None for c in comps):
         results.append(ClaimResult(claim, f"k = {k}, τ = {tau}", comps))
-  # No degradation from k = 4 to 8 (same τ) or τ = 1 to 4 (same k): the
-  # larger setting is not behind, per method, on the same seeds.
+  # No degradation from k = 4 to 8 (same τ) or from τ = 1 to each larger τ
+  # run (same k; the paper's panels have 2 and 4): the larger setting is not
+  # behind, per method, on the same seeds.
   for claim, pairs in (
       ("no degradation from k = 4 to k = 8",
        [((8, t), (4, t)) for t in sorted({t for _, t in values})]),
-      ("no degradation from τ = 1 to τ = 4",
-       [((k, 4), (k, 1)) for k in sorted({k for k, _ in values})])):
+      ("no degradation from τ = 1 to a larger τ",
+       [((k, t), (k, 1)) for k in sorted({k for k, _ in values})
+        for t in sorted({t for _, t in values}) if t > 1])):
     for big, small in pairs:
       if big not in values or small not in values:
         continue

@@ -86,6 +86,18 @@ def test_no_degradation_compares_panels_per_method():
   assert r.verdict == claims.FAILS
 
 
+def test_no_degradation_in_tau_compares_each_larger_tau_with_tau_1():
+  runs = [fake_run("EASGD", tau=1), fake_run("EASGD", tau=2, offset=0.02),
+          fake_run("EASGD", tau=4, offset=-0.03)]
+  results = by_claim(claims.evaluate_claims(runs))
+  two = results[("no degradation from τ = 1 to a larger τ",
+                 "(4, 2) vs (4, 1)")]
+  four = results[("no degradation from τ = 1 to a larger τ",
+                  "(4, 4) vs (4, 1)")]
+  assert two.verdict == claims.HOLDS and four.verdict == claims.FAILS
+  assert two.comparisons[0].a == "EASGD @ k=4, τ=2"
+
+
 def test_missing_runs_are_reported_not_guessed():
   runs = [fake_run("EAHES"), fake_run("EASGD", offset=-0.1)]
   table = claims.claims_table(runs)
