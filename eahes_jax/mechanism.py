@@ -8,8 +8,8 @@ that from a run's stored per-round rows (``metrics.jsonl``: ``connected``,
 * **events**: a worker's outage ends at round t₀, the first round it reaches
   the master again after one or more missed rounds;
 * **event-aligned curves**: u and the raw score a at offsets −5 … +10
-  rounds from t₀, over all events of all workers and seeds (mean and
-  quartile band);
+  rounds from t₀, over all events of all workers and seeds (the figure:
+  mean, ± 1 std band and median);
 * **separation**: how well a tells "rejoined within the last r rounds"
   (t − t₀ ∈ [0, r)) from healthy connected rounds, as an ROC curve and its
   AUC (the probability that a random rejoin round scores lower than a

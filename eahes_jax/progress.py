@@ -73,9 +73,10 @@ def compiling_line(chunk_rounds: int) -> str:
 
 
 def mean_std(values: list[float]) -> str:
-  """``m ± s`` over seeds, or just ``m`` for a single seed."""
+  """``m ± s`` over seeds (s the sample std, ddof = 1, as every table of
+  the project reports it), or just ``m`` for a single seed."""
   if len(values) == 1:
     return f"{values[0]:.4f}"
   mean = sum(values) / len(values)
-  std = (sum((v - mean) ** 2 for v in values) / len(values)) ** 0.5
+  std = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
   return f"{mean:.4f} ± {std:.4f}"

@@ -30,7 +30,8 @@ def _save(fig: matplotlib.figure.Figure, path: str) -> str:
 
 def plot_mechanism(analyses: dict[str, mechanism.Analysis], path: str,
                    caption: str) -> str:
-  """Event-aligned u and a (median and quartile band), one column a setting.
+  """Event-aligned u and a (mean and ± 1 std band, the median dotted), one
+  column a setting.
 
   Args:
     analyses: setting name -> its analysis.
@@ -52,14 +53,18 @@ def plot_mechanism(analyses: dict[str, mechanism.Analysis], path: str,
         (an.u, "u − u(t₀ − 1)", "tab:blue"),
         (an.a, "raw score a", "tab:purple"))):
       ax = axes[i][j]
-      med = np.nanmedian(values, axis=0)
-      lo, hi = np.nanpercentile(values, [25, 75], axis=0)
-      ax.plot(x, med, color=color, marker="o", ms=3, label="before exchange")
-      ax.fill_between(x, lo, hi, color=color, alpha=0.2, lw=0)
+      mean = np.nanmean(values, axis=0)
+      std = np.nanstd(values, axis=0, ddof=1)
+      ax.plot(x, mean, color=color, marker="o", ms=3,
+              label="before exchange, mean")
+      ax.fill_between(x, mean - std, mean + std, color=color, alpha=0.2,
+                      lw=0)
+      # The median too: a few large moves can carry the mean.
+      ax.plot(x, np.nanmedian(values, axis=0), color=color, ls=":", lw=1,
+              label="median")
       if i == 1 and np.isfinite(an.a_after).any():
-        med_after = np.nanmedian(an.a_after, axis=0)
-        ax.plot(x, med_after, color="tab:orange", ls="--", marker="s", ms=3,
-                label="after exchange")
+        ax.plot(x, np.nanmean(an.a_after, axis=0), color="tab:orange",
+                ls="--", marker="s", ms=3, label="after exchange, mean")
       ax.axvline(0, color="k", lw=0.8, ls=":")
       ax.axhline(0, color="k", lw=0.5)
       ax.grid(alpha=0.3)
@@ -70,7 +75,8 @@ def plot_mechanism(analyses: dict[str, mechanism.Analysis], path: str,
       else:
         ax.set_xlabel("rounds from the outage's end t₀")
   axes[1][0].legend(fontsize=8)
-  fig.suptitle("Around a worker's return: median and quartiles over events",
+  fig.suptitle("Around a worker's return: mean ± 1 std over events (dotted:"
+               " median)",
                fontsize=10)
   fig.text(0.5, 0.005, caption, ha="center", fontsize=8)
   fig.tight_layout(rect=(0, 0.03, 1, 0.96))

@@ -48,7 +48,8 @@ def test_a_resumed_run_counts_its_first_chunk_from_the_resume():
 
 @pytest.mark.parametrize("values, text", [
     ([0.5], "0.5000"),
-    ([0.5, 0.7], "0.6000 ± 0.1000"),
+    # The sample std, ddof = 1: sqrt(0.02 / 1), not the population's 0.1.
+    ([0.5, 0.7], "0.6000 ± 0.1414"),
 ])
 def test_mean_std_drops_the_spread_for_one_seed(values, text):
   assert progress.mean_std(values) == text
@@ -69,4 +70,4 @@ def test_single_seed_summary_has_no_spread():
   assert "test accuracy 0.9000, train loss 0.2500" in one.line()
   two = results_folder.RunSummary(seeds=[0, 1], final_test_accuracy=[0.9, 0.8],
                               final_train_loss=[0.25, 0.35], **common)
-  assert "test accuracy 0.8500 ± 0.0500" in two.line()
+  assert "test accuracy 0.8500 ± 0.0707" in two.line()

@@ -11,6 +11,7 @@ import pytest
 from eahes_jax import config as config_lib
 from eahes_jax import claims
 from eahes_jax import experiment
+from eahes_jax import grid
 from eahes_jax import mechanism
 from eahes_jax import plotting
 from eahes_jax import stats
@@ -57,11 +58,20 @@ def test_readings_change_one_thing_against_their_baseline():
                           c["EAHES-O_crash_bursty20"]) == ["method"]
   assert differing_fields(c["EAHES-OM-ignore_crash_bursty20"],
                           c["EAHES-OM_crash_bursty20"]) == ["oracle_variant"]
+  assert differing_fields(c["EAHES-OM-graded_crash_bursty20"],
+                          c["EAHES-OM_crash_bursty20"]) == ["oracle_variant"]
+  assert c["EAHES-OM-graded_crash_bursty20"].oracle_variant == "graded"
   assert differing_fields(c["EAADAM-O_bernoulli"],
                           c["EAHES-O_bernoulli"]) == ["method"]
   base = c["EAHES-O_bernoulli"]
   assert (base.model, base.rounds, base.num_seeds, base.num_workers,
           base.comm_period) == ("small_cnn", 300, 5, 4, 1)
+
+
+@pytest.mark.parametrize("name", sorted(studies.STUDIES))
+def test_every_study_states_its_findings_on_at_least_five_seeds(name):
+  # The README states each study's results as findings (issue 11: ≥ 5).
+  assert all(c.num_seeds >= 5 for _, c in studies.get_study(name).runs)
 
 
 def test_unknown_study_names_the_flag():
@@ -400,3 +410,20 @@ def test_dw_sweep_summary_counts_verdicts_and_spans_per_failure_setting():
       "| crash | 4 | 1 / 1 / 2 | (3, -3): +0.0100 [+0.0080, +0.0120], 0/5 |"
       " -0.0300 to -0.0200 | 2.00 to 5.00 |"]
   assert studies.dw_sweep_summary([]).startswith("No setting")
+
+
+def test_the_weighting_sweeps_table_reports_the_sample_std(tmp_path,
+                                                           monkeypatch):
+  base = config_lib.SimConfig(model="mlp", rounds=6, num_seeds=3,
+                              eval_every=2, train_eval_size=100,
+                              eval_batch_size=100, num_workers=2)
+  monkeypatch.setattr(grid, "dynamic_weighting_configs",
+                      lambda b: [b.replace(method="EAHES-O")])
+  table = grid.run_dynamic_weighting_sweep(base, str(tmp_path),
+                                           log=lambda s: None)
+  rows = [r for r in results_folder.read_metrics(
+      str(tmp_path / "EAHES-O")) if r["test_accuracy"] is not None]
+  final = np.array([r["test_accuracy"] for r in rows if r["round"] == 6])
+  assert final.size == 3
+  # ddof = 1, as every table of the project (the population std is smaller).
+  assert f"{final.mean():.4f} ± {np.std(final, ddof=1):.4f} |" in table
