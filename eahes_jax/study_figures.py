@@ -119,7 +119,9 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
   only), ``paired_differences.png`` and ``mechanism_events.md`` (the score
   around outage ends in its EAHES-O and DEAHES-O runs); for a study,
   ``<study>.md`` (its readings or sweep table), and ``lr_sweep.png`` for the
-  learning-rate sweep, ``dw_sweep.png`` for the weighting sweep, and
+  learning-rate sweep, ``dw_sweep.png`` for the weighting sweep,
+  ``label_skew_figure3.png`` (Figure 3 on the skewed shards) for the
+  label-skew study, and
   ``mechanism_curves.png``, ``mechanism_roc.png`` and ``mechanism_events.md``
   for the mechanism study.
 
@@ -194,6 +196,13 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
           + studies.readings_table(study, results_dir, "final")
           + "\n## Test accuracy over the last third of the rounds\n\n"
           + studies.readings_table(study, results_dir, "late"))
+  if name == "label_skew":
+    # Figure 3 on the skewed shards: a curve per overlap ratio.
+    c0 = stored[0].config
+    path = os.path.join(out_dir, "label_skew_figure3.png")
+    if plotting.plot_overlap(stored, path, "EAHES-O", c0["num_workers"],
+                             c0["comm_period"]):
+      written.append(path)
   if name == "mechanism":
     analyses = mechanism.study_analyses(results_dir,
                                         [n for n, _ in study.runs])

@@ -427,3 +427,23 @@ def test_the_weighting_sweeps_table_reports_the_sample_std(tmp_path,
   assert final.size == 3
   # ddof = 1, as every table of the project (the population std is smaller).
   assert f"{final.mean():.4f} ± {np.std(final, ddof=1):.4f} |" in table
+
+
+def test_report_of_a_label_skew_folder_draws_figure_3(study_dir, tmp_path):
+  # Two EAHES-O runs at different overlap ratios, as the label-skew study.
+  out, _ = study_dir
+  copy = tmp_path / "copy"
+  shutil.copytree(out, copy)
+  record = json.loads((copy / studies.STUDY_FILE).read_text())
+  record["study"] = "label_skew"
+  (copy / studies.STUDY_FILE).write_text(json.dumps(record))
+  config_path = (copy / "runs" / "DEAHES-O_disconnect_tau1" /
+                 results_folder.CONFIG_FILE)
+  stored = json.loads(config_path.read_text())
+  stored["config"].update(method="EAHES-O", overlap_ratio=0.0)
+  config_path.write_text(json.dumps(stored))
+  written = study_figures.write_report(str(copy), str(tmp_path / "fig"))
+  assert sorted(p.split("/")[-1] for p in written) == [
+      "label_skew.md", "label_skew_figure3.png"]
+  with open(tmp_path / "fig" / "label_skew_figure3.png", "rb") as f:
+    assert f.read(8) == b"\x89PNG\r\n\x1a\n"
