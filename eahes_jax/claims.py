@@ -236,3 +236,49 @@ def claims_table(runs: Sequence[RunLike], quantity: str = "final") -> str:
           f" {'' if d is None else f'{d.wins}/{d.n}'} | {c.outcome} |"
           f" {('**' + result.verdict + '**') if i == 0 else ''} |")
   return "\n".join(lines) + "\n"
+
+
+def differences_over_rounds(a: RunLike, b: RunLike
+                            ) -> list[tuple[int, stats.PairedDifference]]:
+  """``a − b`` in test accuracy, paired per seed, at every evaluation both
+  runs share after round 0: how a difference grows or fades over training.
+  """
+  rounds = np.intersect1d(a.eval_rounds, b.eval_rounds)
+  out = []
+  for r in rounds[rounds > 0]:
+    va = a.test_accuracy[:, list(a.eval_rounds).index(r)]
+    vb = b.test_accuracy[:, list(b.eval_rounds).index(r)]
+    out.append((int(r), stats.paired_difference(dict(zip(a.seeds, va)),
+                                                dict(zip(b.seeds, vb)))))
+  return out
+
+
+def over_rounds_table(runs: Sequence[RunLike], a: str, b: str) -> str:
+  """Markdown: method ``a`` − method ``b`` at every evaluation, per panel.
+
+  Args:
+    runs: stored runs.
+    a: the method whose lead is followed (e.g. "EAHES").
+    b: the method it is paired against on the same seeds (e.g. "EASGD").
+
+  Returns:
+    One row per panel and evaluation round; a line saying so where no
+    panel holds both.
+  """
+  lines = [f"{a} − {b} in the master's test accuracy at every evaluation,"
+           " paired per seed (mean, two-sided 95 % Student-t interval).", "",
+           "| panel | round | a − b [95 % CI] | a ahead on | verdict |",
+           "|---|---|---|---|---|"]
+  found = False
+  for (k, tau), by_method in sorted(panels(runs).items()):
+    if a not in by_method or b not in by_method:
+      continue
+    found = True
+    for r, d in differences_over_rounds(by_method[a], by_method[b]):
+      verdict = {stats.A_AHEAD: f"{a} ahead", stats.B_AHEAD: f"{b} ahead"
+                 }.get(d.verdict, d.verdict)
+      lines.append(f"| k = {k}, τ = {tau} | {r} | {d.format()} |"
+                   f" {d.wins}/{d.n} | {verdict} |")
+  if not found:
+    return f"No panel holds both {a} and {b}.\n"
+  return "\n".join(lines) + "\n"

@@ -116,8 +116,10 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
   """Writes a study folder's tables and figures; returns the paths written.
 
   For a grid folder (no study.json) it writes ``claims.md`` (complete runs
-  only), ``paired_differences.png`` and ``mechanism_events.md`` (the score
-  around outage ends in its EAHES-O and DEAHES-O runs); for a study,
+  only), ``paired_differences.png``, ``mechanism_events.md`` (the score
+  around outage ends in its EAHES-O and DEAHES-O runs) and
+  ``adahessian_over_rounds.md`` (EAHES − EASGD at every evaluation); for a
+  study,
   ``<study>.md`` (its readings or sweep table), and ``lr_sweep.png`` for the
   learning-rate sweep, ``dw_sweep.png`` for the weighting sweep,
   ``label_skew_figure3.png`` (Figure 3 on the skewed shards) for the
@@ -164,6 +166,9 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
                             if r.key[0] in ("EAHES-O", "DEAHES-O")))
     if analyses:
       write("mechanism_events.md", mechanism.summary_table(analyses))
+    # How AdaHessian's lead over SGD grows and fades (the claim's history).
+    write("adahessian_over_rounds.md",
+          claims.over_rounds_table(complete, "EAHES", "EASGD"))
     return written
   name = study.name
   stored = [plotting.load_run(os.path.join(results_dir, "runs", n))
@@ -333,13 +338,9 @@ def plot_paired_differences(runs, reference: str, path: str) -> str | None:
     for i, run in enumerate(plotting.order_runs(list(panels[key].values()))):
       if run.key[0] == reference:
         continue
-      rounds = np.intersect1d(run.eval_rounds, ref.eval_rounds)[1:]
-      diffs = []
-      for r in rounds:
-        a = run.test_accuracy[:, list(run.eval_rounds).index(r)]
-        b = ref.test_accuracy[:, list(ref.eval_rounds).index(r)]
-        diffs.append(stats.paired_difference(dict(zip(run.seeds, a)),
-                                             dict(zip(ref.seeds, b))))
+      over = claims.differences_over_rounds(run, ref)
+      rounds = [r for r, _ in over]
+      diffs = [d for _, d in over]
       mean = np.array([d.mean for d in diffs])
       kw = plotting.style(run.key[0], i)
       line, = ax.plot(rounds, mean, label=run.key[0], **kw)

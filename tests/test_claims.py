@@ -126,3 +126,21 @@ def test_per_seed_up_to_a_round():
   # Up to round 20: the evaluation at round 20 is the last one kept.
   assert claims.per_seed(run, "final", up_to_round=25) == pytest.approx(
       {s: 0.8 + SPREAD[s] - 0.01 for s in SEEDS})
+
+
+def test_differences_over_rounds_pair_seeds_at_every_shared_evaluation():
+  # EAHES leads EASGD by 0.05 at round 20 and by nothing at round 30.
+  sgd = fake_run("EASGD")
+  ada = fake_run("EAHES")
+  ada.test_accuracy[:, 1] += 0.05
+  over = claims.differences_over_rounds(ada, sgd)
+  assert [r for r, _ in over] == [20, 30]  # round 0 is left out
+  assert over[0][1].mean == pytest.approx(0.05)
+  assert over[0][1].wins == len(SEEDS)
+  assert over[1][1].mean == pytest.approx(0.0)
+  table = claims.over_rounds_table([ada, sgd], "EAHES", "EASGD")
+  assert "| k = 4, τ = 1 | 20 | +0.0500 [+0.0500, +0.0500] | 5/5 |" \
+         " EAHES ahead |" in table
+  assert "| k = 4, τ = 1 | 30 | +0.0000" in table
+  assert claims.over_rounds_table([sgd], "EAHES", "EASGD").startswith(
+      "No panel")
