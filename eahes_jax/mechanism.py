@@ -212,6 +212,8 @@ class Analysis(NamedTuple):
     events: number of outage ends.
     healthy_median: the median score a over healthy connected rounds (the
       scale a rejoin's score must stand out from); NaN if none.
+    lowest: the lowest score a of any connected round (how near the
+      threshold k the score ever came); NaN if none was scored.
   """
 
   u: np.ndarray
@@ -222,6 +224,7 @@ class Analysis(NamedTuple):
   window: int
   events: int
   healthy_median: float
+  lowest: float
 
 
 def analyse(series: Sequence[RoundSeries], coeffs: Sequence[float],
@@ -271,7 +274,7 @@ def analyse(series: Sequence[RoundSeries], coeffs: Sequence[float],
       roc_before=roc_or_none(cat(pos), cat(neg)),
       roc_after=roc_or_none(cat(pos_after), cat(neg_after)),
       window=window, events=int(sum(x.shape[0] for x in us)),
-      healthy_median=_median(cat(neg)))
+      healthy_median=_median(cat(neg)), lowest=_lowest(cat(pos + neg)))
 
 
 def analyse_run(run_dir: str, window: int = 3) -> Analysis:
@@ -283,6 +286,11 @@ def analyse_run(run_dir: str, window: int = 3) -> Analysis:
 def _median(x: np.ndarray) -> float:
   x = x[np.isfinite(x)]
   return float(np.median(x)) if x.size else float("nan")
+
+
+def _lowest(x: np.ndarray) -> float:
+  x = x[np.isfinite(x)]
+  return float(np.min(x)) if x.size else float("nan")
 
 
 def _fraction(x: np.ndarray, cond) -> float:
@@ -297,9 +305,9 @@ def summary_table(analyses: dict[str, Analysis],
   lines = [
       "| setting | outage ends | a < 0 at t₀ | a < 0 at t₀+1 |"
       f" a ≤ k = {threshold:g} at t₀ … t₀+2 | median a at t₀, t₀+1, t₀+2 |"
-      " median a, healthy rounds | AUC (before) |"
-      " AUC (after, one round late) |",
-      "|---|---|---|---|---|---|---|---|---|"]
+      " median a, healthy rounds | lowest a, any connected round |"
+      " AUC (before) | AUC (after, one round late) |",
+      "|---|---|---|---|---|---|---|---|---|---|"]
   z = BEFORE  # Column of offset 0.
   for name, an in analyses.items():
     finite = [an.a[:, z + i][np.isfinite(an.a[:, z + i])] for i in range(3)]
@@ -312,7 +320,8 @@ def summary_table(analyses: dict[str, Analysis],
         f" {_fraction(an.a[:, z], lambda x: x < 0):.2f} |"
         f" {_fraction(an.a[:, z + 1], lambda x: x < 0):.2f} |"
         f" {np.mean(reached) if reached.size else float('nan'):.3f} | {med} |"
-        f" {an.healthy_median:+.3f} | {auc(an.roc_before)} |"
+        f" {an.healthy_median:+.3f} | {an.lowest:+.3f} |"
+        f" {auc(an.roc_before)} |"
         f" {auc(an.roc_after)} |")
   return "\n".join(lines) + "\n"
 

@@ -162,7 +162,7 @@ def write_report(results_dir: str, out_dir: str | None = None) -> list[str]:
     # The score around outage ends in the grid's own EAHES-O and DEAHES-O
     # runs (the mechanism of §9, at the grid's length).
     analyses = mechanism.study_analyses(
-        results_dir, sorted(r.name for r in runs
+        results_dir, sorted(r.name for r in complete
                             if r.key[0] in ("EAHES-O", "DEAHES-O")))
     if analyses:
       write("mechanism_events.md", mechanism.summary_table(analyses))

@@ -130,6 +130,10 @@ def test_a_run_without_failures_has_no_roc_and_a_table_row():
   assert an.events == 0 and an.roc_before is None and an.roc_after is None
   assert "| none | 0 |" in mechanism.summary_table({"none": an})
   assert np.isfinite(an.healthy_median)
+  # Every round is connected here: the lowest over all their scores.
+  connected_scores = mechanism.scores(u, COEFFS)[connected]
+  assert an.lowest == pytest.approx(np.nanmin(connected_scores))
+  assert f"| {an.lowest:+.3f} |" in mechanism.summary_table({"none": an})
 
 
 def test_a_run_with_no_round_yet_is_left_out(tmp_path):

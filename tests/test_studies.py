@@ -387,6 +387,11 @@ def test_grid_claims_leave_out_a_run_still_training(study_dir, tmp_path):
   part = (tmp_path / "part" / "claims.md").read_text()
   assert "DEAHES-O − EAHES-O" not in part
   assert "Not finished, left out: EAHES-O_disconnect_tau1." in part
+  # Nor do the grid's mechanism table and the over-rounds table use it.
+  full_events = (tmp_path / "full" / "mechanism_events.md").read_text()
+  part_events = (tmp_path / "part" / "mechanism_events.md").read_text()
+  assert "| EAHES-O_disconnect_tau1 |" in full_events
+  assert "| EAHES-O_disconnect_tau1 |" not in part_events
 
 
 def test_dw_sweep_summary_counts_verdicts_and_spans_per_failure_setting():
