@@ -266,6 +266,9 @@ def methods_figure(runs: list[RunCurves], metric: str
       ax = axes[i][j]
       for n, run in enumerate(order_runs(panels.get((k, tau), []))):
         band(ax, run, getattr(run, metric), run.key[0], index=n)
+      if (k, tau) not in panels:  # A panel of the grid with no runs yet.
+        ax.text(0.5, 0.5, "not run", transform=ax.transAxes, ha="center",
+                va="center", color="0.5")
       ax.set_title(f"k = {k}, τ = {tau}")
       ax.grid(alpha=0.3)
       if metric == "train_loss":
