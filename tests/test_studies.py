@@ -324,13 +324,19 @@ def test_dw_sweep_table_pairs_each_weighting_run_with_its_pull(study_dir,
       studies.dw_sweep_table(study, str(copy)))
 
 
-def test_report_of_a_dw_sweep_folder(study_dir, tmp_path):
-  out, _ = study_dir
+def _copy_as_study(out, tmp_path, name):
+  """A copy of the tiny study's folder, recorded as study ``name``."""
   copy = tmp_path / "copy"
   shutil.copytree(out, copy)
   record = json.loads((copy / studies.STUDY_FILE).read_text())
-  record["study"] = "dw_sweep"
+  record["study"] = name
   (copy / studies.STUDY_FILE).write_text(json.dumps(record))
+  return copy
+
+
+def test_report_of_a_dw_sweep_folder(study_dir, tmp_path):
+  out, _ = study_dir
+  copy = _copy_as_study(out, tmp_path, "dw_sweep")
   written = study_figures.write_report(str(copy), str(tmp_path / "fig"))
   assert sorted(p.split("/")[-1] for p in written) == ["dw_sweep.md",
                                                         "dw_sweep.png"]
@@ -437,11 +443,7 @@ def test_the_weighting_sweeps_table_reports_the_sample_std(tmp_path,
 def test_report_of_a_label_skew_folder_draws_figure_3(study_dir, tmp_path):
   # Two EAHES-O runs at different overlap ratios, as the label-skew study.
   out, _ = study_dir
-  copy = tmp_path / "copy"
-  shutil.copytree(out, copy)
-  record = json.loads((copy / studies.STUDY_FILE).read_text())
-  record["study"] = "label_skew"
-  (copy / studies.STUDY_FILE).write_text(json.dumps(record))
+  copy = _copy_as_study(out, tmp_path, "label_skew")
   config_path = (copy / "runs" / "DEAHES-O_disconnect_tau1" /
                  results_folder.CONFIG_FILE)
   stored = json.loads(config_path.read_text())
