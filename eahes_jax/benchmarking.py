@@ -238,10 +238,8 @@ def cpu_reference_flops_per_sample(case: Case,
   ``execution="map"``, im2col convolutions (plain dots, which the CPU's
   analysis counts in full), one round. Nothing runs; only the compile.
 
-  The figure is k = 1's. A CPU chunk's own figure grows slowly with k under
-  ``map``, whose one counted pass of the loop over workers sits beside the
-  round's exchange of all k workers, divided by one worker's batch (``cnn``
-  SGD: 73.8 at k = 1, 83.2 at k = 64); the step itself is the same.
+  The figure is k = 1's (a CPU ``map`` chunk's own creeps up with k: see
+  ``flops_per_sample``).
 
   Args:
     case: the case whose FLOPs to count (its k, execution and rounds are
