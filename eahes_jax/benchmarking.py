@@ -698,14 +698,17 @@ def format_speedups(result: dict[str, Any]) -> str:
 
 
 def format_environment(env: dict[str, Any]) -> str:
-  """One line: the hardware, the matmul peak and the load averages."""
+  """One line: the hardware, the matmul peak, the load averages and the
+  XLA flags where any were set (they change the compiled programs)."""
   peak = env.get("matmul_peak_gflops")
+  xla_flags = env.get("xla_flags")
   return (
       f"backend {env['backend']} ({env['device_kind']}, {env['num_devices']}"
       f" device(s), {env['cpu_count']} CPUs, jax {env['jax_version']});"
       f" float32 matmul peak {fmt(peak, '.1f')} GFLOP/s"
       f" (n = {env.get('matmul_n')}); load average"
-      f" {env['load_average_start']} -> {env.get('load_average_end')}")
+      f" {env['load_average_start']} -> {env.get('load_average_end')}"
+      + (f"; XLA_FLAGS={xla_flags}" if xla_flags else ""))
 
 
 # The columns that name a benchmark case, shared by every table of rows.

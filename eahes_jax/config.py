@@ -136,8 +136,10 @@ class SimConfig:
       ``lax.map`` inside jit), ``"sharded"`` (over a device mesh) or
       ``"auto"`` (map on CPU, vmap on accelerators).
     conv_impl: convolution formulation of the CNNs (``models.CONV_IMPLS``:
-      ``"xla"``, ``"im2col"``, ``"im2col_lax"``) or ``"auto"`` (im2col on CPU
-      where it is faster, xla elsewhere).
+      ``"xla"``, ``"im2col"``, ``"im2col_lax"``, ``"im2col_cf"``) or
+      ``"auto"`` (im2col on CPU where it is faster, xla elsewhere).
+      ``"im2col_cf"`` (channel-first activations) is faster on CPU for
+      small_cnn but rounds differently, so ``"auto"`` never picks it.
   """
 
   # What is trained.

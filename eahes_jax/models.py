@@ -12,7 +12,13 @@ parameters. Vmapping a convolution over per-worker kernels turns it into a
 grouped convolution, which XLA's CPU backend runs slowly. The CNNs therefore
 take `conv_impl="im2col"`, under which a convolution is an explicit patch
 extraction (shifted slices) followed by a matmul, so that vmap over workers
-becomes a batched matmul. All implementations share the parameter tree
+becomes a batched matmul. `conv_impl="im2col_cf"` is the same matmul with
+the activations held channel-first, (C, B, H, W), between the input and the
+dense layers: patches become contiguous slices, a convolution's weight
+gradient contracts the two operands' minor axes, and 2 × 2 pooling reduces
+adjacent elements of one row. It is faster on XLA's CPU backend for
+`SmallCNN` but rounds differently, so it is an option, not the default
+(README, "Performance"). All implementations share the parameter tree
 (`nn.Conv`'s names, shapes and initialisers), so parameters move freely
 between them.
 """
@@ -30,7 +36,9 @@ from jax import lax
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (28, 28, 1)
-CONV_IMPLS = ("xla", "im2col", "im2col_lax")
+CONV_IMPLS = ("xla", "im2col", "im2col_lax", "im2col_cf")
+# Formulations whose activations are channel-first, (C, B, H, W).
+CHANNEL_FIRST_IMPLS = ("im2col_cf",)
 
 # NHWC activations and HWIO kernels, as nn.Conv.
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -67,6 +75,33 @@ def extract_patches(x: chex.Array, kernel_size: Sequence[int],
   return jnp.concatenate(shifted, axis=-1)
 
 
+def extract_patches_channel_first(x: chex.Array, kernel_size: Sequence[int],
+                                  padding: str = "VALID") -> chex.Array:
+  """Stride-1 patches of channel-first images, as the rows of a matrix.
+
+  The channel-first counterpart of `extract_patches`: each of the kh * kw
+  shifted windows is a contiguous (C, B, H', W') slice, and stacking them
+  gives the patch matrix with its features, (kh, kw, C) as there, on the
+  leading axis, so a convolution is ``kernel.reshape(-1, O).T @ patches``.
+
+  Args:
+    x: images of shape (C, B, H, W).
+    kernel_size: (kh, kw).
+    padding: "VALID", or "SAME" (padded as `extract_patches` pads).
+
+  Returns:
+    Patches of shape (kh * kw * C, B * H' * W').
+  """
+  kh, kw = kernel_size
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), (0, 0), ((kh - 1) // 2, kh // 2),
+                    ((kw - 1) // 2, kw // 2)))
+  c, h, w = x.shape[0], x.shape[2], x.shape[3]
+  ho, wo = h - kh + 1, w - kw + 1
+  shifted = [x[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)]
+  return jnp.stack(shifted).reshape(kh * kw * c, -1)
+
+
 def _check_conv_impl(conv_impl: str) -> None:
   if conv_impl not in CONV_IMPLS:
     raise ValueError(
@@ -84,7 +119,10 @@ class Conv2D(nn.Module):
       "im2col" extracts patches with `extract_patches` (slices) and multiplies
       them by the flattened kernel, so that vmap over stacked kernels gives a
       batched matmul instead of a grouped convolution; "im2col_lax" is the
-      same with `lax.conv_general_dilated_patches` (slower on CPU).
+      same with `lax.conv_general_dilated_patches` (slower on CPU);
+      "im2col_cf" is "im2col" on channel-first activations: x of shape
+      (C, B, H, W) in, (features, B, H', W') out
+      (`extract_patches_channel_first`).
     precision: precision of the convolution / matmul.
     kernel_init: initialiser of the HWIO kernel (nn.Conv's default).
     bias_init: initialiser of the bias (nn.Conv's default).
@@ -109,9 +147,11 @@ class Conv2D(nn.Module):
 
   @nn.compact
   def __call__(self, x: chex.Array) -> chex.Array:
-    """Convolves x of shape (B, H, W, C) and returns (B, H', W', features)."""
+    """Convolves x of shape (B, H, W, C) and returns (B, H', W', features);
+    under impl "im2col_cf", (C, B, H, W) and (features, B, H', W')."""
     kh, kw = tuple(self.kernel_size)
-    in_features = x.shape[-1]
+    channel_first = self.impl in CHANNEL_FIRST_IMPLS
+    in_features = x.shape[0] if channel_first else x.shape[-1]
     kernel = self.param("kernel", self.kernel_init,
                         (kh, kw, in_features, self.features))
     bias = self.param("bias", self.bias_init, (self.features,))
@@ -119,6 +159,22 @@ class Conv2D(nn.Module):
       y = lax.conv_general_dilated(
           x, kernel, window_strides=(1, 1), padding=self.padding,
           dimension_numbers=_DIMENSION_NUMBERS, precision=self.precision)
+    elif channel_first:
+      patches = extract_patches_channel_first(x, (kh, kw), self.padding)
+      w = kernel.reshape(kh * kw * in_features, self.features)
+      # The bias rides in the matmul, as one more row of the kernel against
+      # a row of ones: its gradient then comes out of the kernel's gradient
+      # matmul instead of a separate reduction over B * H' * W', which made
+      # XLA's CPU backend evaluate the incoming (pooling) gradient twice
+      # (small_cnn: 4.6 -> 3.6 ms a gradient step on two cores).
+      patches = jnp.concatenate(
+          [patches, jnp.ones((1, patches.shape[1]), patches.dtype)])
+      w = jnp.concatenate([w, bias[None].astype(w.dtype)])
+      y = jnp.matmul(w.T, patches, precision=self.precision)
+      _, b, h, wd = x.shape
+      if self.padding == "VALID":
+        h, wd = h - kh + 1, wd - kw + 1
+      return y.reshape(self.features, b, h, wd)
     elif self.impl == "im2col":
       patches = extract_patches(x, (kh, kw), self.padding)
       w = kernel.reshape(kh * kw * in_features, self.features)
@@ -202,6 +258,69 @@ def _max_pool2_jvp(primals, tangents):
   return max_pool2(x), out
 
 
+@jax.custom_jvp
+def max_pool2_channel_first(x: chex.Array) -> chex.Array:
+  """2 × 2 max-pooling with stride 2 (VALID) of channel-first x, (C, B, H, W).
+
+  `max_pool2` for channel-first activations: the same value and the same
+  derivative rule (each window's tangent comes from its first maximum in
+  row-major order, as ``nn.max_pool`` and PyTorch's ``max_pool2d``), the
+  window being over the last two axes. H and W must be even.
+
+  Args:
+    x: activations of shape (C, B, H, W), H and W even.
+
+  Returns:
+    The pooled activations, of shape (C, B, H / 2, W / 2).
+
+  Raises:
+    ValueError: if x is not 4-D or H or W is odd.
+  """
+  if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
+    raise ValueError("x must have shape (C, B, H, W) with H and W even, got"
+                     f" {x.shape}")
+  c, b, h, w = x.shape
+  return x.reshape(c, b, h // 2, 2, w // 2, 2).max(axis=(3, 5))
+
+
+@max_pool2_channel_first.defjvp
+def _max_pool2_channel_first_jvp(primals, tangents):
+  (x,), (t,) = primals, tangents
+  c, b, h, w = x.shape
+  r = x.reshape(c, b, h // 2, 2, w // 2, 2)
+  m = r.max(axis=(3, 5))
+  # Row-major position (0..3) of each window's first maximum, then a mask
+  # that compares it with each member's position: elementwise, no transpose.
+  first = jnp.where(r[:, :, :, 0, :, 0] == m, 0,
+                    jnp.where(r[:, :, :, 0, :, 1] == m, 1,
+                              jnp.where(r[:, :, :, 1, :, 0] == m, 2, 3)))
+  position = (2 * jnp.arange(2)[:, None] + jnp.arange(2)).reshape(
+      1, 1, 1, 2, 1, 2)
+  mask = position == first[:, :, :, None, :, None]
+  out = jnp.where(mask, t.reshape(r.shape), jnp.zeros((), t.dtype)).sum(
+      axis=(3, 5))
+  # Dividing by the mask's count (exactly 1) changes no bit, but its
+  # transpose makes XLA compute the pooled cotangent once: without it, XLA's
+  # CPU backend fused the cotangent's producer (the next convolution's
+  # im2col transpose, a sum of shifted slices) into the select over all four
+  # window members and evaluated it four times (small_cnn: 4.2 -> 15 ms a
+  # gradient step on two cores).
+  out = out / mask.astype(t.dtype).sum(axis=(3, 5))
+  # The value through the rule again, so that a jvp of this rule (Hz) keeps
+  # the first-maximum routing (see max_pool2).
+  return max_pool2_channel_first(x), out
+
+
+def _to_channel_first(x: chex.Array) -> chex.Array:
+  """(B, H, W, C) -> (C, B, H, W)."""
+  return jnp.transpose(x, (3, 0, 1, 2))
+
+
+def _from_channel_first(x: chex.Array) -> chex.Array:
+  """(C, B, H, W) -> (B, H, W, C)."""
+  return jnp.transpose(x, (1, 2, 3, 0))
+
+
 def _reduce_window_max_pool2(x: chex.Array) -> chex.Array:
   return nn.max_pool(x, window_shape=(2, 2), strides=(2, 2))
 
@@ -231,7 +350,7 @@ class _ConvNet(nn.Module):
   """What the CNNs share: the convolution formulation, checked once.
 
   Attributes:
-    conv_impl: "xla", "im2col" or "im2col_lax" (see `Conv2D`).
+    conv_impl: "xla", "im2col", "im2col_lax" or "im2col_cf" (see `Conv2D`).
   """
   conv_impl: str = "xla"
 
@@ -253,6 +372,18 @@ class SmallCNN(_ConvNet):
   @nn.compact
   def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
     del train  # No dropout.
+    if self.conv_impl in CHANNEL_FIRST_IMPLS:
+      # Channel-first from the input to the dense layers; the flatten then
+      # sees (B, H, W, C) as under the other formulations, so fc1's kernel
+      # means the same thing.
+      x = _to_channel_first(x)
+      x = Conv2D(10, (5, 5), impl=self.conv_impl, name="conv1")(x)
+      x = nn.relu(max_pool2_channel_first(x))
+      x = Conv2D(20, (5, 5), impl=self.conv_impl, name="conv2")(x)
+      x = _from_channel_first(nn.relu(max_pool2_channel_first(x)))
+      x = x.reshape((x.shape[0], -1))
+      x = nn.relu(nn.Dense(50, name="fc1")(x))
+      return nn.Dense(NUM_CLASSES, name="fc2")(x)
     x = Conv2D(10, (5, 5), impl=self.conv_impl, name="conv1")(x)
     # The first pool stays a reduce_window: its gradient is fed by conv2's
     # im2col transpose (a sum of 25 padded slices), which XLA's CPU backend
@@ -279,9 +410,17 @@ class CNN(_ConvNet):
 
   @nn.compact
   def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
-    x = nn.relu(Conv2D(32, (3, 3), impl=self.conv_impl, name="conv1")(x))
-    x = nn.relu(Conv2D(64, (3, 3), impl=self.conv_impl, name="conv2")(x))
-    x = max_pool2(x)
+    if self.conv_impl in CHANNEL_FIRST_IMPLS:
+      x = _to_channel_first(x)
+      x = nn.relu(Conv2D(32, (3, 3), impl=self.conv_impl, name="conv1")(x))
+      x = nn.relu(Conv2D(64, (3, 3), impl=self.conv_impl, name="conv2")(x))
+      # Back to (B, H, W, C) before the dropout, so that its mask (drawn for
+      # the activations' shape) is the other formulations' mask.
+      x = _from_channel_first(max_pool2_channel_first(x))
+    else:
+      x = nn.relu(Conv2D(32, (3, 3), impl=self.conv_impl, name="conv1")(x))
+      x = nn.relu(Conv2D(64, (3, 3), impl=self.conv_impl, name="conv2")(x))
+      x = max_pool2(x)
     x = nn.Dropout(0.25, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(128, name="fc1")(x))

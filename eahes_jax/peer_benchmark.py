@@ -52,6 +52,7 @@ from typing import Any, Callable, Sequence
 import jax
 
 from eahes_jax import benchmarking
+from eahes_jax import checks
 from eahes_jax import data as data_lib
 from eahes_jax import methods as methods_lib
 from eahes_jax import simulator
@@ -200,7 +201,7 @@ def _measure_pair_isolated(case: benchmarking.Case, torch_threads: int | None,
 def run_peer_benchmark(
     cases: Sequence[benchmarking.Case], *, peer: str = "torch",
     isolate: bool = False, torch_threads: int | None = None,
-    torch_device: str = "auto", matmul_size: int = 3072,
+    torch_device: str = "auto", matmul_size: int = 3072, processes: int = 1,
     progress: Callable[[dict[str, Any]], None] | None = None
 ) -> dict[str, Any]:
   """Measures every case against the peer, and the matmul peak.
@@ -215,14 +216,20 @@ def run_peer_benchmark(
     torch_device: where the peer computes (``resolve_torch_device``).
     matmul_size: n of the n × n float32 matmul that measures the peak, timed
       first, in this process.
+    processes: measurements of each case, one after another, each in a
+      fresh process under ``isolate``: on a small shared CPU one process can
+      run both programs (or one) far slower than the next, for its whole
+      life, which the alternation inside a process cannot even out
+      (``median_row``).
     progress: called with each finished row.
 
   Returns:
     ``{"environment": ..., "rows": [...]}``: ``benchmarking.environment()``
     with the matmul peak and the final load average; one row per case from
     ``measure_pair`` with ``achieved_gflops``/``peak_fraction`` and
-    ``torch_achieved_gflops``/``torch_peak_fraction`` added, or an
-    ``"error"`` for a case that cannot run.
+    ``torch_achieved_gflops``/``torch_peak_fraction`` added (the
+    measurement with the median ratio, ``median_row``, where
+    ``processes`` > 1), or an ``"error"`` for a case that cannot run.
 
   Raises:
     ValueError: for an unknown peer, a missing PyTorch, a case the peer
@@ -231,6 +238,7 @@ def run_peer_benchmark(
   """
   if peer not in PEERS:
     raise ValueError(f"peer must be one of {PEERS}, got {peer!r}")
+  checks.count(processes, "processes", 1)
   if importlib.util.find_spec("torch") is None:
     raise ValueError('the torch peer needs PyTorch: pip install -e ".[torch]"')
   for case in cases:
@@ -238,19 +246,20 @@ def run_peer_benchmark(
   resolve_torch_device(torch_device)
   env = benchmarking.environment()
   env.update(benchmarking.matmul_peak_gflops(matmul_size))
+  def measure(case):
+    if not isolate:
+      return measure_pair(case, torch_threads=torch_threads,
+                          torch_device=torch_device)
+    # One pool per measurement: a spawned process that ends with it.
+    with concurrent.futures.ProcessPoolExecutor(
+        max_workers=1, mp_context=multiprocessing.get_context("spawn")) as pool:
+      return pool.submit(_measure_pair_isolated, case, torch_threads,
+                         torch_device).result()
+
   rows = []
   for case in cases:
     try:
-      if isolate:
-        # One pool per case: a spawned process that ends with its case.
-        with concurrent.futures.ProcessPoolExecutor(
-            max_workers=1,
-            mp_context=multiprocessing.get_context("spawn")) as pool:
-          row = pool.submit(_measure_pair_isolated, case, torch_threads,
-                            torch_device).result()
-      else:
-        row = measure_pair(case, torch_threads=torch_threads,
-                           torch_device=torch_device)
+      row = median_row([measure(case) for _ in range(processes)])
     except ValueError as e:
       row = {**dataclasses.asdict(case), "method": case.method,
              "error": str(e)}
@@ -262,6 +271,39 @@ def run_peer_benchmark(
       progress(row)
   env["load_average_end"] = benchmarking.load_average()
   return {"environment": env, "rows": rows}
+
+
+def median_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
+  """Of several measurements of one case, the one with the median ratio.
+
+  One measurement's figures stay together (its samples/s, PyTorch's and
+  their ratio come from one process); for an even count the lower of the
+  two middle ratios counts. The row gets every measurement's ratio and
+  samples/s as ``ratio_all``, ``samples_per_s_all`` and
+  ``torch_samples_per_s_all`` (in the order measured).
+
+  Args:
+    rows: ``measure_pair`` results of one case, at least one.
+
+  Returns:
+    A copy of the median row with the three lists added.
+  """
+  if not rows:
+    raise ValueError("rows must hold at least one measurement")
+  ranked = sorted(rows, key=lambda r: r["ratio"])
+  row = dict(ranked[(len(ranked) - 1) // 2])
+  for key in ("ratio", "samples_per_s", "torch_samples_per_s"):
+    row[key + "_all"] = [r[key] for r in rows]
+  return row
+
+
+def _ratio_range(row: dict[str, Any]) -> str:
+  """"  ratios a–b over n processes" where a row holds several."""
+  ratios = row.get("ratio_all") or []
+  if len(ratios) < 2:
+    return ""
+  return (f"  ratios {min(ratios):.2f}-{max(ratios):.2f} over"
+          f" {len(ratios)} processes")
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -286,7 +328,8 @@ def format_table(result: dict[str, Any]) -> str:
         f" {fmt(None if flops is None else flops / 1e6, '9.2f')}"
         f" {fmt(percent(r.get('peak_fraction')), '7.1f')}"
         f" {fmt(percent(r.get('torch_peak_fraction')), '9.1f')}"
-        f" {fmt(r['compile_s'], '9.2f')}  {r['load_average_start']}")
+        f" {fmt(r['compile_s'], '9.2f')}  {r['load_average_start']}"
+        + _ratio_range(r))
   lines.append(benchmarking.format_environment(result["environment"]))
   devices = sorted({f"{r['torch_device']} (TF32 matmuls"
                     f" {'on' if r['torch_tf32_matmul'] else 'off'})"

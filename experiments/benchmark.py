@@ -53,6 +53,15 @@ first-call compile seconds and the load average when the row started. Its
 defaults: small_cnn and cnn, sgd and adahessian, k = 8, the backend's
 default execution (map on CPU), τ = 1, batch 64. torch gets as many threads
 as XLA uses, the cores the process may run on (--torch_threads overrides).
+--processes=N measures each row in N fresh processes and shows the one with
+the median ratio, with the ratios' range.
+
+The fast CPU option for small_cnn (README, "Performance"): channel-first
+convolutions and XLA's YNN library left to the matmuls,
+
+  XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot \
+      python -m experiments.benchmark --peer=torch --models=small_cnn \
+      --workers=1,8,32 --conv_impl=im2col_cf --processes=3
 """
 
 import json
@@ -64,6 +73,7 @@ from absl import flags
 import jax
 
 from eahes_jax import benchmarking
+from eahes_jax import checks
 from eahes_jax import config as config_lib
 from eahes_jax import execution as execution_lib
 from eahes_jax import peer_benchmark
@@ -190,6 +200,13 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        "torch's intra-op threads with --peer=torch (default:"
                        " the cores this process may use, as XLA).",
                        lower_bound=1, flag_values=fv)
+  flags.DEFINE_integer("processes", 1,
+                       "With --peer: measure each row this many times, each"
+                       " in a fresh process (with --isolate), and show the"
+                       " one with the median ratio; the table adds the"
+                       " ratios' range. One process of a small shared CPU"
+                       " can run far slower than the next for its whole"
+                       " life.", flag_values=fv)
   flags.DEFINE_integer("matmul_size", 3072,
                        "n of the n x n float32 matmul that measures the"
                        " machine's peak GFLOP/s.", lower_bound=1,
@@ -260,8 +277,10 @@ def main(argv: Sequence[str],
       result = peer_benchmark.run_peer_benchmark(
           cases, peer=fv.peer, isolate=isolate,
           torch_threads=fv.torch_threads, torch_device=fv.torch_device,
-          matmul_size=matmul_size,
+          matmul_size=matmul_size, processes=fv.processes,
           progress=peer_progress)
+    except checks.ArgumentError as e:  # The argument is the flag's name.
+      cli.usage_error(f"--{e}")
     except ValueError as e:
       cli.usage_error(cli.flag_text(str(e)))
     print(peer_benchmark.format_table(result))

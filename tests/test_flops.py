@@ -143,3 +143,16 @@ def test_off_the_cpu_rows_take_their_flops_from_the_cpu_reference(
   assert off_cpu["flops_source"] == "cpu_reference"
   assert off_cpu["flops_per_sample"] == pytest.approx(
       on_cpu["flops_per_sample"], rel=1e-6)
+
+
+def test_the_environment_line_names_xla_flags_only_where_set():
+  # A row measured under other XLA flags (README: the YNN fusion setting)
+  # is another program; the printed footer must say so.
+  env = {"backend": "cpu", "device_kind": "cpu", "num_devices": 1,
+         "cpu_count": 2, "jax_version": "0", "matmul_peak_gflops": 100.0,
+         "matmul_n": 8, "load_average_start": [1.0, 1.0, 1.0],
+         "load_average_end": [1.0, 1.0, 1.0], "xla_flags": ""}
+  assert "XLA_FLAGS" not in benchmarking.format_environment(env)
+  flag = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
+  line = benchmarking.format_environment({**env, "xla_flags": flag})
+  assert line.endswith("; XLA_FLAGS=" + flag)

@@ -1,5 +1,7 @@
 """Tests for eahes_jax.models."""
 
+import functools
+
 import chex
 import flax.linen as nn
 import jax
@@ -11,7 +13,7 @@ import pytest
 from eahes_jax import models
 
 _CONV_MODELS = ("small_cnn", "cnn")
-_IMPLS = ("im2col", "im2col_lax")
+_IMPLS = ("im2col", "im2col_lax", "im2col_cf")
 
 
 def _images(key, batch):
@@ -112,10 +114,15 @@ def test_conv2d_matches_nn_conv(kernel_size, padding):
   expected = ref.apply({"params": params}, x)
   for impl in models.CONV_IMPLS:
     conv = models.Conv2D(5, kernel_size, padding=padding, impl=impl)
+    if impl in models.CHANNEL_FIRST_IMPLS:  # (C, B, H, W) in and out.
+      x_in = jnp.transpose(x, (3, 0, 1, 2))
+      out = lambda p: jnp.transpose(conv.apply({"params": p}, x_in),
+                                    (1, 2, 3, 0))
+    else:
+      x_in, out = x, lambda p: conv.apply({"params": p}, x)
     chex.assert_trees_all_equal_shapes(
-        conv.init(jax.random.key(1), x)["params"], params)
-    chex.assert_trees_all_close(conv.apply({"params": params}, x), expected,
-                                rtol=1e-5, atol=1e-5)
+        conv.init(jax.random.key(1), x_in)["params"], params)
+    chex.assert_trees_all_close(out(params), expected, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("kernel_size, padding", [
@@ -132,6 +139,55 @@ def test_extract_patches_is_lax_patches_in_hwc_order(kernel_size, padding):
   chex.assert_trees_all_equal(
       models.extract_patches(x, kernel_size, padding),
       ref.reshape(b, h, w, kh * kw * 3))
+
+
+@pytest.mark.parametrize("kernel_size, padding", [
+    ((5, 5), "VALID"), ((3, 2), "VALID"), ((4, 3), "SAME")])
+def test_channel_first_patches_are_the_patches_transposed(kernel_size, padding):
+  x = jax.random.normal(jax.random.key(0), (2, 7, 6, 3))
+  ref = models.extract_patches(x, kernel_size, padding)  # (B, H', W', F)
+  b, h, w, f = ref.shape
+  chex.assert_trees_all_equal(
+      models.extract_patches_channel_first(
+          jnp.transpose(x, (3, 0, 1, 2)), kernel_size, padding),
+      ref.reshape(b * h * w, f).T)
+
+
+@pytest.mark.parametrize("name", _CONV_MODELS)
+def test_channel_first_model_matches_im2col(name):
+  """Same parameters, images and dropout key: same logits, loss, gradient
+  and Hutchinson Hz up to float32 rounding (the formulations round
+  differently, which is why im2col_cf is an option)."""
+  nhwc = models.get_model(name, conv_impl="im2col")
+  cf = models.get_model(name, conv_impl="im2col_cf")
+  params = models.init_params(nhwc, jax.random.key(0))
+  # Real-looking digits: a zero border, so pooling windows tie.
+  x = jnp.zeros((6, 28, 28, 1)).at[:, 6:22, 6:22].set(
+      jax.random.uniform(jax.random.key(1), (6, 16, 16, 1)))
+  y = jnp.arange(6) % 10
+  z = jax.tree.map(lambda p: jnp.sign(jax.random.normal(
+      jax.random.key(2), p.shape)), params)
+
+  def loss(model, p):
+    logits = model.apply({"params": p}, x, train=True,
+                         rngs={"dropout": jax.random.key(3)})
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                         y[:, None], 1))
+
+  @jax.jit
+  def both():
+    out = []
+    for m in (nhwc, cf):
+      grad = jax.grad(functools.partial(loss, m))
+      out.append((loss(m, params), grad(params),
+                  jax.jvp(grad, (params,), (z,))[1]))
+    return out
+
+  (loss_a, grad_a, hz_a), (loss_b, grad_b, hz_b) = both()
+  chex.assert_trees_all_close(loss_b, loss_a, rtol=1e-5)
+  chex.assert_trees_all_close(grad_b, grad_a, rtol=1e-4, atol=1e-6)
+  chex.assert_trees_all_close(hz_b, hz_a, rtol=1e-3, atol=1e-5)
+  assert np.abs(np.asarray(grad_a["conv1"]["kernel"])).max() > 1e-4
 
 
 @pytest.mark.parametrize("name", _CONV_MODELS)
@@ -224,6 +280,40 @@ def test_max_pool2_hessian_vector_product_is_nn_max_pool_bit_for_bit():
     grad = jax.grad(lambda x: jnp.sum(jnp.tanh(pool(x)) * g))
     return jax.jvp(grad, (x,), (z,))[1]
   np.testing.assert_array_equal(hz(models.max_pool2), hz(_reference_pool))
+
+
+def _cf(x):
+  return jnp.transpose(x, (3, 0, 1, 2))
+
+
+def test_channel_first_max_pool2_is_max_pool2_transposed_bit_for_bit():
+  # Value, gradient and Hz, ties included: the same first-maximum routing
+  # in the other layout.
+  x = _tied_activations(jax.random.PRNGKey(5))
+  g = jax.random.normal(jax.random.PRNGKey(6), (3, 4, 6, 4))
+  z = jax.random.normal(jax.random.PRNGKey(7), x.shape)
+  pools = {"nhwc": lambda x: models.max_pool2(x),
+           "cf": lambda x: jnp.transpose(
+               models.max_pool2_channel_first(_cf(x)), (1, 2, 3, 0))}
+  values = {k: pool(x) for k, pool in pools.items()}
+  np.testing.assert_array_equal(values["cf"], values["nhwc"])
+  def hz(pool):
+    grad = jax.grad(lambda x: jnp.sum(jnp.tanh(pool(x)) * g))
+    return jax.jvp(grad, (x,), (z,))
+  (grad_cf, hz_cf), (grad_nhwc, hz_nhwc) = hz(pools["cf"]), hz(pools["nhwc"])
+  np.testing.assert_array_equal(grad_cf, grad_nhwc)
+  np.testing.assert_array_equal(hz_cf, hz_nhwc)
+
+
+def test_channel_first_max_pool2_routes_a_tie_to_the_first_maximum():
+  x = jnp.array([0., 1., 1., 0.]).reshape(1, 1, 2, 2)
+  t = jnp.array([1., 10., 100., 1000.]).reshape(1, 1, 2, 2)
+  assert float(jax.jvp(models.max_pool2_channel_first, (x,), (t,))[1]
+               .squeeze()) == 10.
+  grad = jax.grad(lambda x: models.max_pool2_channel_first(x).sum())(x)
+  np.testing.assert_array_equal(grad.ravel(), [0., 1., 0., 0.])
+  with pytest.raises(ValueError, match="H and W even"):
+    models.max_pool2_channel_first(jnp.zeros((1, 1, 4, 5)))
 
 
 def test_max_pool2_rejects_odd_sizes():

@@ -87,7 +87,8 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
   flag_values = flags.FlagValues()
   benchmark.define_flags(flag_values)
   out = tmp_path / "peer.json"
-  flag_values(["benchmark", "--peer=torch", "--smoke", f"--json_out={out}"])
+  flag_values(["benchmark", "--peer=torch", "--smoke", "--processes=2",
+               f"--json_out={out}"])
   benchmark.main(["benchmark"], flag_values=flag_values)
   result = json.loads(out.read_text())
   rows = result["rows"]
@@ -103,6 +104,8 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
         samples / r["torch_steady_s"])
     assert r["ratio"] == pytest.approx(
         r["samples_per_s"] / r["torch_samples_per_s"])
+    # Two measurements; the row is the one whose ratio is the lower middle.
+    assert len(r["ratio_all"]) == 2 and r["ratio"] == min(r["ratio_all"])
     for name in ("samples_per_s", "torch_samples_per_s", "ratio",
                  "flops_per_sample", "peak_fraction", "torch_peak_fraction",
                  "achieved_gflops", "torch_achieved_gflops"):
@@ -123,7 +126,37 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
   for r in rows:
     assert any(line.startswith(r["method"]) and " small_cnn " in line
                and f"{r['ratio']:.2f}" in line
+               and line.endswith(f"{max(r['ratio_all']):.2f} over 2"
+                                 " processes")
                for line in printed.splitlines()), printed
+
+
+def test_median_row_keeps_one_measurement_together():
+  rows = [{"ratio": 1.2, "samples_per_s": 12.0, "torch_samples_per_s": 10.0},
+          {"ratio": 0.5, "samples_per_s": 5.0, "torch_samples_per_s": 10.0},
+          {"ratio": 3.0, "samples_per_s": 30.0, "torch_samples_per_s": 10.0}]
+  row = peer_benchmark.median_row(rows)
+  assert (row["ratio"], row["samples_per_s"]) == (1.2, 12.0)
+  assert row["ratio_all"] == [1.2, 0.5, 3.0]  # In the order measured.
+  assert row["samples_per_s_all"] == [12.0, 5.0, 30.0]
+  assert "ratio_all" not in rows[0]  # A copy.
+  # An even count takes the lower middle: no figure is averaged away.
+  assert peer_benchmark.median_row(rows[:2])["ratio"] == 0.5
+  assert peer_benchmark.median_row(rows[:1])["ratio_all"] == [1.2]
+  with pytest.raises(ValueError, match="rows"):
+    peer_benchmark.median_row([])
+
+
+def test_peer_processes_must_be_positive_and_the_binary_names_the_flag(
+    capsys):
+  with pytest.raises(ValueError, match="processes"):
+    peer_benchmark.run_peer_benchmark([], processes=0)
+  flag_values = flags.FlagValues()
+  benchmark.define_flags(flag_values)
+  flag_values(["benchmark", "--peer=torch", "--smoke", "--processes=0"])
+  with pytest.raises(SystemExit):
+    benchmark.main(["benchmark"], flag_values=flag_values)
+  assert "--processes" in capsys.readouterr().err
 
 
 @needs_torch

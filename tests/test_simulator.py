@@ -142,6 +142,22 @@ def test_seeds_in_one_program_equal_separate_runs(data):
         rtol=1e-5, atol=1e-6)
 
 
+def test_channel_first_single_seed_runs_as_the_seed_in_a_stack(data):
+  # Under im2col_cf one seed runs without the seed vmap (a separate code
+  # path): it must be that seed's run, as in a stack of two.
+  cfg = BASE.replace(method="EAHES-O", model="small_cnn",
+                     conv_impl="im2col_cf", execution="map", seed=5,
+                     num_seeds=2, rounds=2, eval_every=2)
+  together = simulator.run(cfg, data)
+  alone = simulator.run(cfg.replace(num_seeds=1), data)
+  for field in ("metrics", "evals"):
+    chex.assert_trees_all_close(
+        jax.tree_util.tree_map(lambda x: x[:1], getattr(together, field)),
+        getattr(alone, field), rtol=1e-4, atol=1e-5)
+  chex.assert_shape(alone.metrics.score, (1, 2, 2))
+  assert np.all(np.isfinite(alone.metrics.train_loss))
+
+
 def test_chunking_does_not_change_results(data):
   cfg = BASE.replace(method="DEAHES-O", rounds=4, eval_every=4)
   sim = simulator.Simulation(cfg, data)
