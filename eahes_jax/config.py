@@ -138,8 +138,10 @@ class SimConfig:
     conv_impl: convolution formulation of the CNNs (``models.CONV_IMPLS``:
       ``"xla"``, ``"im2col"``, ``"im2col_lax"``, ``"im2col_cf"``) or
       ``"auto"`` (im2col on CPU where it is faster, xla elsewhere).
-      ``"im2col_cf"`` (channel-first activations) is faster on CPU for
-      small_cnn but rounds differently, so ``"auto"`` never picks it.
+      ``"im2col_cf"`` (channel-first activations), with
+      ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot``,
+      is faster on CPU for small_cnn (not alone, not for cnn) but rounds
+      differently, so ``"auto"`` never picks it.
   """
 
   # What is trained.

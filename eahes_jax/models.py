@@ -16,9 +16,11 @@ becomes a batched matmul. `conv_impl="im2col_cf"` is the same matmul with
 the activations held channel-first, (C, B, H, W), between the input and the
 dense layers: patches become contiguous slices, a convolution's weight
 gradient contracts the two operands' minor axes, and 2 × 2 pooling reduces
-adjacent elements of one row. It is faster on XLA's CPU backend for
-`SmallCNN` but rounds differently, so it is an option, not the default
-(README, "Performance"). All implementations share the parameter tree
+adjacent elements of one row. Together with XLA's YNN fusions limited to the
+matmuls (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot``)
+it is faster on XLA's CPU backend for `SmallCNN` (not alone, and not for
+`CNN`), but it rounds differently, so it is an option, not the default
+(README, "The fast CPU option for small_cnn"). All implementations share the parameter tree
 (`nn.Conv`'s names, shapes and initialisers), so parameters move freely
 between them.
 """
@@ -109,7 +111,7 @@ def _check_conv_impl(conv_impl: str) -> None:
 
 
 class Conv2D(nn.Module):
-  """Stride-1 2-D convolution with nn.Conv's parameters, three implementations.
+  """Stride-1 2-D convolution with nn.Conv's parameters, four implementations.
 
   Attributes:
     features: number of output channels.
@@ -219,11 +221,18 @@ def max_pool2(x: chex.Array) -> chex.Array:
   Raises:
     ValueError: if x is not 4-D or H or W is odd.
   """
-  if x.ndim != 4 or x.shape[1] % 2 or x.shape[2] % 2:
-    raise ValueError("x must have shape (B, H, W, C) with H and W even, got"
-                     f" {x.shape}")
+  _check_pool_shape(x, "(B, H, W, C)", (1, 2))
   b, h, w, c = x.shape
   return x.reshape(b, h // 2, 2, w // 2, 2, c).max(axis=(2, 4))
+
+
+def _check_pool_shape(x: chex.Array, layout: str,
+                      spatial: tuple[int, int]) -> None:
+  """The pools' shape check, run by the functions and by their derivative
+  rules (which reshape before the function itself is called)."""
+  if x.ndim != 4 or x.shape[spatial[0]] % 2 or x.shape[spatial[1]] % 2:
+    raise ValueError(f"x must have shape {layout} with H and W even, got"
+                     f" {x.shape}")
 
 
 def _first_max_mask(x: chex.Array) -> chex.Array:
@@ -244,6 +253,7 @@ def _first_max_mask(x: chex.Array) -> chex.Array:
 @max_pool2.defjvp
 def _max_pool2_jvp(primals, tangents):
   (x,), (t,) = primals, tangents
+  _check_pool_shape(x, "(B, H, W, C)", (1, 2))
   b, h, w, c = x.shape
   mask = _first_max_mask(x)
   # One member of each window is selected and three zeros are added, so the
@@ -276,9 +286,7 @@ def max_pool2_channel_first(x: chex.Array) -> chex.Array:
   Raises:
     ValueError: if x is not 4-D or H or W is odd.
   """
-  if x.ndim != 4 or x.shape[2] % 2 or x.shape[3] % 2:
-    raise ValueError("x must have shape (C, B, H, W) with H and W even, got"
-                     f" {x.shape}")
+  _check_pool_shape(x, "(C, B, H, W)", (2, 3))
   c, b, h, w = x.shape
   return x.reshape(c, b, h // 2, 2, w // 2, 2).max(axis=(3, 5))
 
@@ -286,26 +294,31 @@ def max_pool2_channel_first(x: chex.Array) -> chex.Array:
 @max_pool2_channel_first.defjvp
 def _max_pool2_channel_first_jvp(primals, tangents):
   (x,), (t,) = primals, tangents
+  _check_pool_shape(x, "(C, B, H, W)", (2, 3))
   c, b, h, w = x.shape
   r = x.reshape(c, b, h // 2, 2, w // 2, 2)
   m = r.max(axis=(3, 5))
   # Row-major position (0..3) of each window's first maximum, then a mask
   # that compares it with each member's position: elementwise, no transpose.
+  # A window whose maximum is NaN has none (4), and its tangent is 0, as
+  # under max_pool2.
   first = jnp.where(r[:, :, :, 0, :, 0] == m, 0,
                     jnp.where(r[:, :, :, 0, :, 1] == m, 1,
-                              jnp.where(r[:, :, :, 1, :, 0] == m, 2, 3)))
+                              jnp.where(r[:, :, :, 1, :, 0] == m, 2,
+                                        jnp.where(r[:, :, :, 1, :, 1] == m,
+                                                  3, 4))))
   position = (2 * jnp.arange(2)[:, None] + jnp.arange(2)).reshape(
       1, 1, 1, 2, 1, 2)
   mask = position == first[:, :, :, None, :, None]
   out = jnp.where(mask, t.reshape(r.shape), jnp.zeros((), t.dtype)).sum(
       axis=(3, 5))
-  # Dividing by the mask's count (exactly 1) changes no bit, but its
-  # transpose makes XLA compute the pooled cotangent once: without it, XLA's
-  # CPU backend fused the cotangent's producer (the next convolution's
-  # im2col transpose, a sum of shifted slices) into the select over all four
-  # window members and evaluated it four times (small_cnn: 4.2 -> 15 ms a
-  # gradient step on two cores).
-  out = out / mask.astype(t.dtype).sum(axis=(3, 5))
+  # Dividing by the mask's count (1; 0 under NaN, taken as 1) changes no
+  # bit, but its transpose makes XLA compute the pooled cotangent once:
+  # without it, XLA's CPU backend fused the cotangent's producer (the next
+  # convolution's im2col transpose, a sum of shifted slices) into the select
+  # over all four window members and evaluated it four times (small_cnn:
+  # 4.2 -> 15 ms a gradient step on two cores).
+  out = out / jnp.maximum(mask.astype(t.dtype).sum(axis=(3, 5)), 1)
   # The value through the rule again, so that a jvp of this rule (Hz) keeps
   # the first-maximum routing (see max_pool2).
   return max_pool2_channel_first(x), out

@@ -238,7 +238,7 @@ def run_peer_benchmark(
   """
   if peer not in PEERS:
     raise ValueError(f"peer must be one of {PEERS}, got {peer!r}")
-  checks.count(processes, "processes", 1)
+  checks.integer_at_least(processes, "processes", 1)
   if importlib.util.find_spec("torch") is None:
     raise ValueError('the torch peer needs PyTorch: pip install -e ".[torch]"')
   for case in cases:
@@ -298,7 +298,7 @@ def median_row(rows: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _ratio_range(row: dict[str, Any]) -> str:
-  """"  ratios a–b over n processes" where a row holds several."""
+  """"  ratios a-b over n processes" where a row holds several."""
   ratios = row.get("ratio_all") or []
   if len(ratios) < 2:
     return ""
@@ -334,6 +334,11 @@ def format_table(result: dict[str, Any]) -> str:
   devices = sorted({f"{r['torch_device']} (TF32 matmuls"
                     f" {'on' if r['torch_tf32_matmul'] else 'off'})"
                     for r in result["rows"] if "torch_device" in r})
+  # The convolution formulation, like XLA_FLAGS in the line above, makes
+  # the simulator's row another program.
+  conv = sorted({r["conv_impl"] for r in result["rows"] if "conv_impl" in r})
+  if conv:
+    lines.append(f"simulator conv_impl: {', '.join(conv)}")
   if devices:
     lines.append(f"PyTorch on {', '.join(devices)}")
   r = next((r for r in result["rows"] if "torch_version" in r), None)

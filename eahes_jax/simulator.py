@@ -459,7 +459,7 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
   if not channel_first:
     return seeds_chunk
 
-  def run(states, worker_idx, data):
+  def seeds_or_one(states, worker_idx, data):
     if worker_idx.shape[0] != 1:
       return seeds_chunk(states, worker_idx, data)
     # One seed runs without the seed vmap: a size-1 vmap leaves a unit batch
@@ -472,7 +472,7 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
     state, metrics = chunk(one(states), worker_idx[0], data)
     return jax.tree_util.tree_map(lambda x: x[None], (state, metrics))
 
-  return run
+  return seeds_or_one
 
 
 def _constrain(engine: Engine, state: SimState) -> SimState:

@@ -316,6 +316,26 @@ def test_channel_first_max_pool2_routes_a_tie_to_the_first_maximum():
     models.max_pool2_channel_first(jnp.zeros((1, 1, 4, 5)))
 
 
+@pytest.mark.parametrize("pool, shape", [
+    ("max_pool2", (1, 4, 5, 1)), ("max_pool2_channel_first", (1, 1, 4, 5))])
+def test_pools_reject_odd_sizes_under_differentiation_too(pool, shape):
+  # The derivative rule reshapes before the function's own check runs.
+  f = getattr(models, pool)
+  with pytest.raises(ValueError, match="H and W even"):
+    jax.grad(lambda x: f(x).sum())(jnp.zeros(shape))
+
+
+def test_channel_first_pool_gives_a_nan_window_the_tangent_max_pool2_gives():
+  # Window [1, NaN, 3, 2]: its value is NaN; max_pool2's rule finds no
+  # maximum equal to it and gives a zero tangent, and so must this one.
+  x = jnp.array([1., jnp.nan, 3., 2.]).reshape(1, 2, 2, 1)
+  t = jnp.array([1., 10., 100., 1000.]).reshape(1, 2, 2, 1)
+  nhwc = jax.jvp(models.max_pool2, (x,), (t,))[1]
+  cf = jax.jvp(models.max_pool2_channel_first, (_cf(x),), (_cf(t),))[1]
+  np.testing.assert_array_equal(cf.ravel(), nhwc.ravel())
+  assert float(cf.squeeze()) == 0.
+
+
 def test_max_pool2_rejects_odd_sizes():
   with pytest.raises(ValueError, match="H and W even"):
     models.max_pool2(jnp.zeros((1, 5, 4, 1)))
