@@ -20,9 +20,9 @@ adjacent elements of one row. Together with XLA's YNN fusions limited to the
 matmuls (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot``)
 it is faster on XLA's CPU backend for `SmallCNN` (not alone, and not for
 `CNN`), but it rounds differently, so it is an option, not the default
-(README, "The fast CPU option for small_cnn"). All implementations share the parameter tree
-(`nn.Conv`'s names, shapes and initialisers), so parameters move freely
-between them.
+(README, "The fast CPU option for small_cnn"). All implementations share
+the parameter tree (`nn.Conv`'s names, shapes and initialisers), so
+parameters move freely between them.
 """
 
 from collections.abc import Callable, Sequence
@@ -385,27 +385,25 @@ class SmallCNN(_ConvNet):
   @nn.compact
   def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
     del train  # No dropout.
-    if self.conv_impl in CHANNEL_FIRST_IMPLS:
-      # Channel-first from the input to the dense layers; the flatten then
-      # sees (B, H, W, C) as under the other formulations, so fc1's kernel
-      # means the same thing.
+    channel_first = self.conv_impl in CHANNEL_FIRST_IMPLS
+    conv = functools.partial(Conv2D, impl=self.conv_impl)
+    if channel_first:
       x = _to_channel_first(x)
-      x = Conv2D(10, (5, 5), impl=self.conv_impl, name="conv1")(x)
-      x = nn.relu(max_pool2_channel_first(x))
-      x = Conv2D(20, (5, 5), impl=self.conv_impl, name="conv2")(x)
-      x = _from_channel_first(nn.relu(max_pool2_channel_first(x)))
-      x = x.reshape((x.shape[0], -1))
-      x = nn.relu(nn.Dense(50, name="fc1")(x))
-      return nn.Dense(NUM_CLASSES, name="fc2")(x)
-    x = Conv2D(10, (5, 5), impl=self.conv_impl, name="conv1")(x)
-    # The first pool stays a reduce_window: its gradient is fed by conv2's
-    # im2col transpose (a sum of 25 padded slices), which XLA's CPU backend
-    # fuses into max_pool2's selects and evaluates several times over
+    x = conv(10, (5, 5), name="conv1")(x)
+    # Under NHWC the first pool stays a reduce_window: its gradient is fed by
+    # conv2's im2col transpose (a sum of 25 padded slices), which XLA's CPU
+    # backend fuses into max_pool2's selects and evaluates several times over
     # (10.5 -> 18 ms a step, one core); behind select_and_scatter it is
     # computed once. Both pools give the same numbers bit for bit.
-    x = nn.relu(_reduce_window_max_pool2(x))
-    x = Conv2D(20, (5, 5), impl=self.conv_impl, name="conv2")(x)
-    x = nn.relu(max_pool2(x))
+    x = nn.relu(max_pool2_channel_first(x) if channel_first
+                else _reduce_window_max_pool2(x))
+    x = conv(20, (5, 5), name="conv2")(x)
+    x = nn.relu(max_pool2_channel_first(x) if channel_first
+                else max_pool2(x))
+    if channel_first:
+      # Back to (B, H, W, C): the flatten sees what it sees under the other
+      # formulations, so fc1's kernel means the same thing.
+      x = _from_channel_first(x)
     x = x.reshape((x.shape[0], -1))
     x = nn.relu(nn.Dense(50, name="fc1")(x))
     return nn.Dense(NUM_CLASSES, name="fc2")(x)
@@ -423,16 +421,17 @@ class CNN(_ConvNet):
 
   @nn.compact
   def __call__(self, x: chex.Array, train: bool = False) -> chex.Array:
-    if self.conv_impl in CHANNEL_FIRST_IMPLS:
+    channel_first = self.conv_impl in CHANNEL_FIRST_IMPLS
+    conv = functools.partial(Conv2D, impl=self.conv_impl)
+    if channel_first:
       x = _to_channel_first(x)
-      x = nn.relu(Conv2D(32, (3, 3), impl=self.conv_impl, name="conv1")(x))
-      x = nn.relu(Conv2D(64, (3, 3), impl=self.conv_impl, name="conv2")(x))
+    x = nn.relu(conv(32, (3, 3), name="conv1")(x))
+    x = nn.relu(conv(64, (3, 3), name="conv2")(x))
+    if channel_first:
       # Back to (B, H, W, C) before the dropout, so that its mask (drawn for
       # the activations' shape) is the other formulations' mask.
       x = _from_channel_first(max_pool2_channel_first(x))
     else:
-      x = nn.relu(Conv2D(32, (3, 3), impl=self.conv_impl, name="conv1")(x))
-      x = nn.relu(Conv2D(64, (3, 3), impl=self.conv_impl, name="conv2")(x))
       x = max_pool2(x)
     x = nn.Dropout(0.25, deterministic=not train)(x)
     x = x.reshape((x.shape[0], -1))
