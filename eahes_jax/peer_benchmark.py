@@ -246,6 +246,7 @@ def run_peer_benchmark(
   resolve_torch_device(torch_device)
   env = benchmarking.environment()
   env.update(benchmarking.matmul_peak_gflops(matmul_size))
+
   def measure(case):
     if not isolate:
       return measure_pair(case, torch_threads=torch_threads,

@@ -157,6 +157,15 @@ def test_channel_first_single_seed_runs_as_the_seed_in_a_stack(data):
   chex.assert_shape(alone.metrics.score, (1, 2, 2))
   assert np.all(np.isfinite(alone.metrics.train_loss))
 
+  # And the separate path is taken: without the seed vmap the chunk's
+  # matmuls lose their seed batch axis (with it, one seed's program would
+  # batch as many dot_generals as two seeds' does).
+  def batched_dots(config):
+    sim = simulator.Simulation(config, data)
+    return sim.lower_rounds(sim.init_state(), 1).as_text().count(
+        "batching_dims")
+  assert batched_dots(cfg.replace(num_seeds=1)) < batched_dots(cfg)
+
 
 def test_chunking_does_not_change_results(data):
   cfg = BASE.replace(method="DEAHES-O", rounds=4, eval_every=4)
