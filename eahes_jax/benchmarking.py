@@ -615,6 +615,42 @@ def load_average() -> list[float] | None:
     return None
 
 
+def cpu_model(cpuinfo: str | None = None) -> str:
+  """The host CPU's model, as specific as the system says.
+
+  On Linux, ``/proc/cpuinfo``'s model name with its family and model numbers
+  ("AMD EPYC (family 26, model 2)"): a virtual machine may name only the
+  vendor's product line, and two machines of one name can differ by a CPU
+  generation (on this project's 2-core machines, float32 matmul peaks of
+  170-185 and 436 GFLOP/s), so timings from them are not comparable.
+  Elsewhere, ``platform.processor()`` or the machine type.
+
+  Args:
+    cpuinfo: the text of ``/proc/cpuinfo``; read from the system if None.
+
+  Returns:
+    A one-line description.
+  """
+  if cpuinfo is None:
+    try:
+      with open("/proc/cpuinfo", encoding="utf-8") as f:
+        cpuinfo = f.read()
+    except OSError:
+      cpuinfo = ""
+  fields: dict[str, str] = {}
+  for line in cpuinfo.splitlines():
+    if not line.strip():
+      break  # The first processor's block describes them all.
+    name, _, value = line.partition(":")
+    fields.setdefault(name.strip(), value.strip())
+  name = fields.get("model name")
+  if not name:
+    return platform.processor() or platform.machine()
+  numbers = [f"{label} {fields[key]}" for key, label in
+             (("cpu family", "family"), ("model", "model")) if key in fields]
+  return name + (f" ({', '.join(numbers)})" if numbers else "")
+
+
 def environment() -> dict[str, Any]:
   """The hardware and software a measurement ran on."""
   devices = jax.devices()
@@ -623,7 +659,7 @@ def environment() -> dict[str, Any]:
       "device_kind": devices[0].device_kind,
       "num_devices": len(devices),
       "cpu_count": os.cpu_count(),
-      "processor": platform.processor() or platform.machine(),
+      "processor": cpu_model(),
       "jax_version": jax.__version__,
       "python": platform.python_version(),
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
@@ -704,7 +740,9 @@ def format_environment(env: dict[str, Any]) -> str:
   xla_flags = env.get("xla_flags")
   return (
       f"backend {env['backend']} ({env['device_kind']}, {env['num_devices']}"
-      f" device(s), {env['cpu_count']} CPUs, jax {env['jax_version']});"
+      f" device(s), {env['cpu_count']} CPUs"
+      + (f" of {env['processor']}" if env.get("processor") else "")
+      + f", jax {env['jax_version']});"
       f" float32 matmul peak {fmt(peak, '.1f')} GFLOP/s"
       f" (n = {env.get('matmul_n')}); load average"
       f" {env['load_average_start']} -> {env.get('load_average_end')}"

@@ -156,3 +156,45 @@ def test_the_environment_line_names_xla_flags_only_where_set():
   flag = "--xla_cpu_experimental_ynn_fusion_type=individual_dot"
   line = benchmarking.format_environment({**env, "xla_flags": flag})
   assert line.endswith("; XLA_FLAGS=" + flag)
+
+
+_CPUINFO = """processor\t: 0
+vendor_id\t: AuthenticAMD
+cpu family\t: 26
+model\t\t: 2
+model name\t: AMD EPYC
+flags\t\t: fpu avx512f
+
+processor\t: 1
+vendor_id\t: AuthenticAMD
+cpu family\t: 25
+model\t\t: 17
+model name\t: Something else
+"""
+
+
+def test_cpu_model_names_the_family_and_model_of_the_first_processor():
+  # Two 2-core machines both called "AMD EPYC" had matmul peaks of 170-185
+  # and 436 GFLOP/s: the record must tell them apart.
+  assert (benchmarking.cpu_model(_CPUINFO)
+          == "AMD EPYC (family 26, model 2)")
+  assert benchmarking.cpu_model("model name\t: Some CPU\n") == "Some CPU"
+
+
+def test_cpu_model_falls_back_without_a_model_name(monkeypatch):
+  monkeypatch.setattr(benchmarking.platform, "processor", lambda: "")
+  monkeypatch.setattr(benchmarking.platform, "machine", lambda: "arm64")
+  assert benchmarking.cpu_model("") == "arm64"
+  assert benchmarking.cpu_model("processor\t: 0\nBogoMIPS\t: 50\n") == "arm64"
+
+
+def test_the_environment_line_names_the_cpu_model():
+  env = {"backend": "cpu", "device_kind": "cpu", "num_devices": 1,
+         "cpu_count": 2, "processor": "AMD EPYC (family 26, model 2)",
+         "jax_version": "0", "matmul_peak_gflops": 100.0, "matmul_n": 8,
+         "load_average_start": None, "load_average_end": None}
+  line = benchmarking.format_environment(env)
+  assert "2 CPUs of AMD EPYC (family 26, model 2), jax 0" in line
+  # Results written before the field existed still format.
+  del env["processor"]
+  assert "2 CPUs, jax 0" in benchmarking.format_environment(env)

@@ -153,6 +153,19 @@ def test_channel_first_patches_are_the_patches_transposed(kernel_size, padding):
       ref.reshape(b * h * w, f).T)
 
 
+@pytest.mark.parametrize("padding", ["VALID", "SAME"])
+def test_channel_first_patches_ones_row_is_a_last_row_of_ones(padding):
+  """The bias's row comes out of the same concatenation as the windows: the
+  patches unchanged, then ones."""
+  x = jax.random.normal(jax.random.key(0), (3, 2, 7, 6))
+  plain = models.extract_patches_channel_first(x, (3, 2), padding)
+  with_ones = models.extract_patches_channel_first(x, (3, 2), padding,
+                                                   ones_row=True)
+  assert with_ones.shape == (plain.shape[0] + 1, plain.shape[1])
+  chex.assert_trees_all_equal(with_ones[:-1], plain)
+  chex.assert_trees_all_equal(with_ones[-1], jnp.ones(plain.shape[1]))
+
+
 @pytest.mark.parametrize("name", _CONV_MODELS)
 def test_channel_first_model_matches_im2col(name):
   """Same parameters, images and dropout key: same logits, loss, gradient
