@@ -622,8 +622,12 @@ def cpu_model(cpuinfo: str | None = None) -> str:
   ("AMD EPYC (family 26, model 2)"): a virtual machine may name only the
   vendor's product line, and two machines of one name can differ by a CPU
   generation (on this project's 2-core machines, float32 matmul peaks of
-  170-185 and 436 GFLOP/s), so timings from them are not comparable.
-  Elsewhere, ``platform.processor()`` or the machine type.
+  170-185 and about 423-436 GFLOP/s), so timings from them are not
+  comparable. Where it names no model (ARM Linux), the machine type with the
+  CPU implementer and part ("aarch64 (implementer 0x41, part 0xd0c)");
+  where there is no ``/proc/cpuinfo`` (macOS, Windows),
+  ``platform.processor()`` or the machine type. The first processor's entry
+  is taken to describe all of them.
 
   Args:
     cpuinfo: the text of ``/proc/cpuinfo``; read from the system if None.
@@ -638,17 +642,22 @@ def cpu_model(cpuinfo: str | None = None) -> str:
     except OSError:
       cpuinfo = ""
   fields: dict[str, str] = {}
-  for line in cpuinfo.splitlines():
+  for line in cpuinfo.strip().splitlines():
     if not line.strip():
-      break  # The first processor's block describes them all.
+      break  # The end of the first processor's entry.
     name, _, value = line.partition(":")
     fields.setdefault(name.strip(), value.strip())
-  name = fields.get("model name")
-  if not name:
-    return platform.processor() or platform.machine()
-  numbers = [f"{label} {fields[key]}" for key, label in
-             (("cpu family", "family"), ("model", "model")) if key in fields]
-  return name + (f" ({', '.join(numbers)})" if numbers else "")
+
+  def numbers(keys):
+    found = [f"{label} {fields[key]}" for key, label in keys if key in fields]
+    return f" ({', '.join(found)})" if found else ""
+
+  if fields.get("model name"):
+    return fields["model name"] + numbers(
+        (("cpu family", "family"), ("model", "model")))
+  machine = platform.processor() or platform.machine()
+  return machine + numbers(
+      (("CPU implementer", "implementer"), ("CPU part", "part")))
 
 
 def environment() -> dict[str, Any]:

@@ -175,8 +175,9 @@ class Conv2D(nn.Module):
       # a row of ones: its gradient then comes out of the kernel's gradient
       # matmul instead of a separate reduction over B * H' * W', which made
       # XLA's CPU backend evaluate the incoming (pooling) gradient twice
-      # (small_cnn: 4.6 -> 3.6 ms a gradient step on two cores). The ones
-      # are built with the windows (3.35-3.42 -> 3.13-3.16 ms).
+      # (small_cnn: 4.6 -> 3.6 ms a gradient step, on the older of the
+      # README's two CPUs). The ones are built with the windows (+6 % small_cnn
+      # and +9 % cnn samples/s on the newer one).
       patches = extract_patches_channel_first(x, (kh, kw), self.padding,
                                               ones_row=True)
       w = kernel.reshape(kh * kw * in_features, self.features)

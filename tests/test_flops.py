@@ -186,6 +186,11 @@ def test_cpu_model_falls_back_without_a_model_name(monkeypatch):
   monkeypatch.setattr(benchmarking.platform, "machine", lambda: "arm64")
   assert benchmarking.cpu_model("") == "arm64"
   assert benchmarking.cpu_model("processor\t: 0\nBogoMIPS\t: 50\n") == "arm64"
+  # ARM Linux names no model: the implementer and part tell cores apart.
+  arm = ("\nprocessor\t: 0\nBogoMIPS\t: 50.00\nCPU implementer\t: 0x41\n"
+         "CPU part\t: 0xd0c\n\nprocessor\t: 1\nCPU part\t: 0xd40\n")
+  assert (benchmarking.cpu_model(arm)
+          == "arm64 (implementer 0x41, part 0xd0c)")
 
 
 def test_the_environment_line_names_the_cpu_model():
