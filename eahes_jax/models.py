@@ -83,7 +83,7 @@ def extract_patches_channel_first(x: chex.Array, kernel_size: Sequence[int],
   """Stride-1 patches of channel-first images, as the rows of a matrix.
 
   The channel-first counterpart of `extract_patches`: each of the kh * kw
-  shifted windows is a contiguous (C, B, H', W') slice, and concatenating
+  shifted windows is a (C, B, H', W') slice of x, and concatenating
   them on the leading axis gives the patch matrix with its features,
   (kh, kw, C) as there, on the leading axis, so a convolution is
   ``kernel.reshape(-1, O).T @ patches``.

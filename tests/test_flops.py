@@ -175,7 +175,7 @@ model name\t: Something else
 
 def test_cpu_model_names_the_family_and_model_of_the_first_processor():
   # Two 2-core machines both called "AMD EPYC" had matmul peaks of 170-185
-  # and 436 GFLOP/s: the record must tell them apart.
+  # and about 423-436 GFLOP/s: the record must tell them apart.
   assert (benchmarking.cpu_model(_CPUINFO)
           == "AMD EPYC (family 26, model 2)")
   assert benchmarking.cpu_model("model name\t: Some CPU\n") == "Some CPU"
