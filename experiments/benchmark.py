@@ -213,6 +213,10 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                        flag_values=fv)
 
 
+# Flags that only the peer benchmark (--peer) reads.
+PEER_ONLY_FLAGS = ("torch_device", "torch_threads", "processes")
+
+
 def read_baseline(path: str) -> dict:
   """The result JSON that --compare_to names; ValueError if it is none."""
   try:
@@ -242,6 +246,11 @@ def main(argv: Sequence[str],
   # GPU's memory preallocated per process) each child's allocation fails and
   # is retried smaller, logging an error each time. Set before any JAX call.
   os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
+  # The peer's flags do nothing without a peer: a run that names one
+  # without --peer would otherwise measure something else than was asked.
+  ignored = [f"--{name}" for name in PEER_ONLY_FLAGS if fv[name].present]
+  if ignored and not fv.peer:
+    cli.usage_error(f"{', '.join(ignored)} only apply with --peer")
   try:
     cases = cases_from_flags(fv)
     if fv.json_out:  # Before the benchmark, not after it.

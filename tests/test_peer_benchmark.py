@@ -160,6 +160,20 @@ def test_peer_processes_must_be_positive_and_the_binary_names_the_flag(
   assert "--processes" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("flag", ["--processes=3", "--torch_threads=1",
+                                  "--torch_device=cpu"])
+def test_the_peers_flags_without_a_peer_are_refused(flag, capsys):
+  # They used to be ignored: --processes=3 without --peer measured each row
+  # once, in one process, and said nothing.
+  flag_values = flags.FlagValues()
+  benchmark.define_flags(flag_values)
+  flag_values(["benchmark", "--smoke", flag])
+  with pytest.raises(SystemExit):
+    benchmark.main(["benchmark"], flag_values=flag_values)
+  err = capsys.readouterr().err
+  assert f"{flag.split('=')[0]} only apply with --peer" in err
+
+
 @needs_torch
 def test_the_peer_computes_where_jax_does_and_refuses_a_missing_gpu(
     capsys):
