@@ -200,6 +200,8 @@ def test_the_environment_line_names_the_cpu_model():
          "load_average_start": None, "load_average_end": None}
   line = benchmarking.format_environment(env)
   assert "2 CPUs of AMD EPYC (family 26, model 2), jax 0" in line
+  # And the record a run writes holds it.
+  assert benchmarking.environment()["processor"] == benchmarking.cpu_model()
   # Results written before the field existed still format.
   del env["processor"]
   assert "2 CPUs, jax 0" in benchmarking.format_environment(env)
