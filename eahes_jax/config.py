@@ -25,6 +25,7 @@ MASTER_ESTIMATES = weighting.MASTER_ESTIMATES
 ORACLE_VARIANTS = weighting.ORACLE_VARIANTS
 EXECUTIONS = ("auto",) + execution.STRATEGIES
 CONV_IMPLS = ("auto",) + models.CONV_IMPLS
+SINGLE_SEED = ("auto", "vmap", "plain")
 DEFAULT_LR = methods_lib.DEFAULT_LR
 
 
@@ -38,7 +39,7 @@ def choices() -> dict[str, tuple[str, ...]]:
           "exchange_order": EXCHANGE_ORDERS,
           "dw_master_estimate": MASTER_ESTIMATES,
           "oracle_variant": ORACLE_VARIANTS, "execution": EXECUTIONS,
-          "conv_impl": CONV_IMPLS}
+          "conv_impl": CONV_IMPLS, "single_seed": SINGLE_SEED}
 
 
 class ConfigError(ValueError):
@@ -142,6 +143,15 @@ class SimConfig:
       ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot``,
       is faster on CPU for small_cnn (not alone, not for cnn) but rounds
       differently, so ``"auto"`` never picks it.
+    single_seed: how a run of one seed (``num_seeds`` 1) is compiled:
+      ``"vmap"``, as a stack of one through the seeds' vmap (the program of
+      earlier versions, whose runs it reproduces bit for bit); ``"plain"``,
+      without that vmap, whose unit axis makes XLA's CPU backend lay out
+      the CNNs' matmuls with transposing copies (faster rounds on CPU: the
+      README's Performance section; but the matmuls round differently, so
+      runs are not bit-identical to ``"vmap"``'s); ``"auto"``: ``"plain"``
+      under ``im2col_cf`` (which rounds differently anyway), else
+      ``"vmap"``. No effect with several seeds or on the Ray runtime.
   """
 
   # What is trained.
@@ -186,6 +196,7 @@ class SimConfig:
   train_eval_size: int = 10000
   execution: str = "auto"
   conv_impl: str = "auto"
+  single_seed: str = "auto"
 
   def __post_init__(self):
     object.__setattr__(self, "dw_coeffs",

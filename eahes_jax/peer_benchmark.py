@@ -171,6 +171,7 @@ def measure_pair(case: benchmarking.Case,
       **dataclasses.asdict(case),
       "method": case.method,
       "execution": sim.strategy,
+      "single_seed_resolved": simulator.single_seed_mode(sim.engine),
       "load_average_start": load_start,
       "first_call_s": first,
       "compile_s": max(first - steady, 0.0),
@@ -338,8 +339,11 @@ def format_table(result: dict[str, Any]) -> str:
   # The convolution formulation, like XLA_FLAGS in the line above, makes
   # the simulator's row another program.
   conv = sorted({r["conv_impl"] for r in result["rows"] if "conv_impl" in r})
+  single = sorted({r["single_seed_resolved"] for r in result["rows"]
+                   if "single_seed_resolved" in r})
   if conv:
-    lines.append(f"simulator conv_impl: {', '.join(conv)}")
+    lines.append(f"simulator conv_impl: {', '.join(conv)}"
+                 + (f"; single_seed: {', '.join(single)}" if single else ""))
   if devices:
     lines.append(f"PyTorch on {', '.join(devices)}")
   r = next((r for r in result["rows"] if "torch_version" in r), None)

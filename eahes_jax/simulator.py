@@ -437,12 +437,24 @@ def make_round(engine: Engine) -> Callable[..., tuple[SimState,
   return round_
 
 
+def single_seed_mode(engine: Engine) -> str:
+  """How a run of one seed is compiled, ``"vmap"`` or ``"plain"``: the
+  config's ``single_seed`` with ``"auto"`` resolved (``"plain"`` under the
+  channel-first convolutions, which round differently anyway)."""
+  mode = engine.config.single_seed
+  if mode == "auto":
+    channel_first = (getattr(engine.model, "conv_impl", None)
+                     in models_lib.CHANNEL_FIRST_IMPLS)
+    mode = "plain" if channel_first else "vmap"
+  return mode
+
+
 def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
   """``chunk(states, worker_idx, data) -> (states, metrics)``: ``length``
   rounds in one ``lax.scan``, vmapped over the leading seed axis of
-  ``states`` and ``worker_idx`` (not jitted; ``Simulation`` jits it). Under
-  the channel-first convolutions (``conv_impl="im2col_cf"``) a single seed
-  runs without the vmap, its axis taken off and put back around it."""
+  ``states`` and ``worker_idx`` (not jitted; ``Simulation`` jits it). A
+  single seed runs without the vmap, its axis taken off and put back around
+  it, where ``single_seed_mode`` is ``"plain"``."""
   round_ = make_round(engine)
   constrain = functools.partial(_constrain, engine)
 
@@ -453,10 +465,7 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
     return constrain(state), metrics
 
   seeds_chunk = jax.vmap(chunk, in_axes=(0, 0, None))
-
-  channel_first = (getattr(engine.model, "conv_impl", None)
-                   in models_lib.CHANNEL_FIRST_IMPLS)
-  if not channel_first:
+  if single_seed_mode(engine) == "vmap":
     return seeds_chunk
 
   def seeds_or_one(states, worker_idx, data):
@@ -464,10 +473,11 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
       return seeds_chunk(states, worker_idx, data)
     # One seed runs without the seed vmap: a size-1 vmap leaves a unit batch
     # axis on every matmul, and XLA's CPU backend then lays out the
-    # channel-first convolutions' gradients with transposing copies
-    # (small_cnn, k = 8: 4.5-5.0 -> 3.7-3.9 ms a gradient step). It rounds
-    # differently, so it comes only with the formulation that already does
-    # (im2col_cf).
+    # convolutions' gradients with transposing copies (channel-first
+    # small_cnn, k = 8: 4.5-5.0 -> 3.7-3.9 ms a gradient step). XLA then
+    # picks other matmul kernels, which round differently: an option
+    # (``SimConfig.single_seed``), the default only with the formulation
+    # that already rounds differently (im2col_cf).
     one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
     state, metrics = chunk(one(states), worker_idx[0], data)
     return jax.tree_util.tree_map(lambda x: x[None], (state, metrics))

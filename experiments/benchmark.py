@@ -106,7 +106,8 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
     return benchmarking.make_cases(
         fv.methods, s["models"], s["executions"], s["workers"],
         comm_period=fv.comm_period, batch_size=s["batch_size"],
-        rounds=s["rounds"], repeats=s["repeats"], conv_impl=fv.conv_impl)
+        rounds=s["rounds"], repeats=s["repeats"], conv_impl=fv.conv_impl,
+        single_seed=fv.single_seed)
   for name in ("methods", "models", "executions", "workers"):
     if not fv[name].value:  # An empty list would benchmark nothing.
       raise config_lib.ConfigError(f"{name} must not be empty", name)
@@ -128,7 +129,7 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
         cli.parse_numbers(workers, "workers", int),
         skip=skip, comm_period=fv.comm_period, batch_size=fv.batch_size,
         rounds=fv.rounds or DEFAULT_ROUNDS[model], repeats=fv.repeats,
-        conv_impl=fv.conv_impl)
+        conv_impl=fv.conv_impl, single_seed=fv.single_seed)
   return cases
 
 
@@ -172,6 +173,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("conv_impl", "auto", list(config_lib.CONV_IMPLS),
                     "Convolution formulation of the CNNs (auto: im2col on"
                     " CPU, xla elsewhere).", flag_values=fv)
+  flags.DEFINE_enum("single_seed", "auto", list(config_lib.SINGLE_SEED),
+                    "How the simulator compiles its one seed: vmap (a stack"
+                    " of one), plain (without the seeds' vmap: faster on CPU,"
+                    " rounds differently) or auto (plain under im2col_cf).",
+                    flag_values=fv)
   flags.DEFINE_bool("isolate", True,
                     "Run each model × execution × k in a fresh process (peak"
                     " memory per group; compiled programs do not pile up).",

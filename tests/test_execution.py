@@ -154,10 +154,14 @@ def test_benchmark_smoke_writes_positive_finite_rates(tmp_path, capsys):
   flag_values = flags.FlagValues()
   benchmark.define_flags(flag_values)
   out = tmp_path / "bench.json"
-  flag_values(["benchmark", "--smoke", f"--json_out={out}"])
+  # --single_seed reaches every case (and the smoke settings keep it).
+  flag_values(["benchmark", "--smoke", f"--json_out={out}",
+               "--single_seed=plain"])
   benchmark.main(["benchmark"], flag_values=flag_values)
   result = json.loads(out.read_text())
   rows = result["rows"]
+  assert {(r["single_seed"], r["single_seed_resolved"]) for r in rows} == {
+      ("plain", "plain")}
   s = benchmark.SMOKE_SETTINGS
   assert len(rows) == (len(benchmarking.FAMILIES) * len(s["workers"])
                        * len(s["executions"]))
@@ -180,6 +184,7 @@ def test_benchmark_smoke_writes_positive_finite_rates(tmp_path, capsys):
   assert result["environment"]["backend"] == jax.default_backend()
   printed = capsys.readouterr().out
   assert "samples/s" in printed and "EAHES" in printed
+  assert "simulator conv_impl, single_seed: -, plain" in printed
 
 
 def test_step_cost_ratio_pairs_matching_rows():
