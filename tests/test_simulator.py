@@ -200,6 +200,9 @@ def test_vmap_single_seed_compiles_as_a_stack_of_one(
     ("small_cnn", "auto", "auto", "vmap"),
     ("cnn", "im2col_cf", "auto", "plain"),
     ("mlp", "auto", "auto", "vmap"),
+    # The model's formulation decides, not the config's field: the mlp has
+    # no convolutions, so im2col_cf leaves its runs as they were.
+    ("mlp", "im2col_cf", "auto", "vmap"),
     ("small_cnn", "im2col_cf", "vmap", "vmap"),
     ("mlp", "auto", "plain", "plain"),
 ])
