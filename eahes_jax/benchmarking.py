@@ -279,6 +279,17 @@ def chunk_analysis(sim: simulator.Simulation, state: simulator.SimState,
           "flops_per_sample": flops_per_sample(sim, compiled)}
 
 
+def program_fields(case: Case, sim: simulator.Simulation) -> dict[str, Any]:
+  """What the ``auto`` settings of a case resolved to, which makes its row
+  one program or another: ``conv_impl_resolved`` (None for the mlp) and
+  ``single_seed_resolved``."""
+  return {
+      "conv_impl_resolved": (None if case.model == "mlp"
+                             else getattr(sim.model, "conv_impl", None)),
+      "single_seed_resolved": simulator.single_seed_mode(sim.engine),
+  }
+
+
 def case_analysis(case: Case, sim: simulator.Simulation,
                   state: simulator.SimState,
                   data: data_lib.MNIST | None = None) -> dict[str, Any]:
@@ -429,9 +440,7 @@ def measure_group(cases: Sequence[Case],
         **dataclasses.asdict(case),
         "method": case.method,
         "execution": sim.strategy,
-        "conv_impl_resolved": (None if case.model == "mlp"
-                               else getattr(sim.model, "conv_impl", None)),
-        "single_seed_resolved": simulator.single_seed_mode(sim.engine),
+        **program_fields(case, sim),
         "backend": jax.default_backend(),
         "num_devices": jax.device_count(),
         "first_call_s": run["first"],
