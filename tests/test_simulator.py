@@ -181,6 +181,43 @@ def test_plain_single_seed_runs_as_the_seed_in_a_stack(
           < _batched_dots(cfg, data))
 
 
+def _conditionals(config, data):
+  """Branching operations in one round's program (a lax.cond whose
+  predicate is not batched lowers to one; under vmap it becomes a select)."""
+  sim = simulator.Simulation(config, data)
+  text = sim.lower_rounds(sim.init_state(), 1).as_text()
+  return text.count("stablehlo.case") + text.count("stablehlo.if")
+
+
+@pytest.mark.parametrize("method,mode,straggler_rate,skips", [
+    ("EAHES-O", "crash", 0.5, True),
+    ("EAMSGD", "disconnect", 0.5, True),    # stragglers only
+    ("EASGD", "disconnect", 0.0, False),    # every step always computed
+])
+def test_steps_a_worker_does_not_compute_are_skipped_not_masked(
+    method, mode, straggler_rate, skips, data):
+  # Crashed workers (0 of τ steps) and stragglers (fewer steps): under
+  # lax.map with one seed run plain, a lax.cond skips each step a worker
+  # does not compute; under the seeds' vmap both branches run and the
+  # step's result is selected away. The two must give the same run. Where
+  # no step can go uncomputed there is nothing to skip, and no cond.
+  cfg = BASE.replace(method=method, failure_rate=0.5, failure_mode=mode,
+                     straggler_rate=straggler_rate, comm_period=3,
+                     execution="map", single_seed="plain", seed=2,
+                     num_seeds=2, rounds=3, eval_every=3)
+  together = simulator.run(cfg, data)
+  alone = simulator.run(cfg.replace(num_seeds=1), data)
+  steps = np.asarray(alone.metrics.local_steps)
+  assert (steps < cfg.comm_period).any() == skips
+  for field in ("metrics", "evals"):
+    chex.assert_trees_all_close(
+        jax.tree_util.tree_map(lambda x: x[:1], getattr(together, field)),
+        getattr(alone, field), rtol=1e-5, atol=1e-6)
+  assert (_conditionals(cfg.replace(num_seeds=1), data) > 0) == skips
+  # Batched (workers under vmap), the cond becomes a select.
+  assert _conditionals(cfg.replace(num_seeds=1, execution="vmap"), data) == 0
+
+
 @pytest.mark.parametrize("model,conv_impl,single_seed", [
     ("small_cnn", "im2col", "auto"),      # the default: earlier runs' bits
     ("small_cnn", "im2col_cf", "vmap"),
