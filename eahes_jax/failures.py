@@ -227,6 +227,26 @@ def bursty(rate: float, mean_outage: float,
   return FailureModel(init, update)
 
 
+def straggler_steps(comm_period: int, slowdown: float) -> int:
+  """The local steps a straggler computes: ⌊τ (1 − slowdown)⌋, at least 1."""
+  # The small epsilon keeps e.g. 10 · (1 − 0.9) = 0.99999... from flooring
+  # to one step less than intended.
+  return max(1, math.floor(comm_period * (1.0 - slowdown) + 1e-9))
+
+
+def settings_skip_steps(*, failure_model: str, failure_rate: float,
+                        failure_mode: str, straggler_rate: float,
+                        straggler_slowdown: float, comm_period: int) -> bool:
+  """Whether ``from_settings``' model can ever leave a worker fewer than
+  τ = ``comm_period`` local steps in a round: crashes that can happen, or
+  stragglers who lose at least one step."""
+  crashes = (failure_mode == "crash" and failure_model != "none"
+             and failure_rate > 0)
+  slow = (straggler_rate > 0
+          and straggler_steps(comm_period, straggler_slowdown) < comm_period)
+  return crashes or slow
+
+
 def stragglers(rate: float, slowdown: float,
                base: Optional[FailureModel] = None) -> FailureModel:
   """Slow workers: some rounds a worker completes only part of its τ steps.
@@ -256,9 +276,7 @@ def stragglers(rate: float, slowdown: float,
 
   def init(key, num_workers, comm_period):
     num_workers, comm_period = _check_sizes(num_workers, comm_period)
-    # The small epsilon keeps e.g. 10 · (1 − 0.9) = 0.99999... from flooring
-    # to one step less than intended.
-    steps = max(1, math.floor(comm_period * (1.0 - slowdown) + 1e-9))
+    steps = straggler_steps(comm_period, slowdown)
     return StragglersState(
         comm_period=_full_steps(num_workers, comm_period),
         straggler_steps=jnp.asarray(steps, jnp.int32),

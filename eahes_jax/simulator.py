@@ -332,22 +332,26 @@ def make_local_steps(engine: Engine) -> Callable[..., Any]:
   no-ops. Returns (params, opt_state, mean minibatch loss, non-finite bit
   mask).
 
-  Where the configuration lets a worker compute fewer than τ steps in a
-  round (``failure_mode="crash"``, or stragglers), each step is a
-  ``lax.cond`` on ``t < num_steps``: where its predicate is not batched
-  (``execution="map"`` with one seed run ``plain``, and the Ray runtime)
-  a step the worker does not compute is skipped; under a ``vmap`` (of
-  workers or seeds) JAX runs both branches and selects. Otherwise every
-  step is computed and its result selected by ``t < num_steps``. Either
-  way a step's result is the step's or the carry's, bit for bit."""
+  Where the configuration can leave a worker fewer than τ steps in a round
+  (crashes, or stragglers who lose a step:
+  ``failures.settings_skip_steps``), each step is a ``lax.cond`` on
+  ``t < num_steps``: where its predicate is not batched
+  (``execution="map"`` with one seed run ``plain``) a step the worker does
+  not compute is skipped; under a ``vmap`` (of workers or seeds) JAX runs
+  both branches and selects. Otherwise every step is computed and its
+  result selected by ``t < num_steps``. Either way a step's result is the
+  step's or the carry's, bit for bit."""
   cfg = engine.config
   model, optimizer = engine.model, engine.optimizer
   # Skipping a step pays only where steps can go uncomputed: with none
-  # skipped, the cond made small_cnn SGD rounds about 4 % slower and cnn's
-  # 3 % faster than the select (k = 8, one seed `plain`, the README's newer
+  # skipped, the cond made small_cnn SGD rounds 1-5 % slower and cnn's 3-4 %
+  # faster than the select (k = 8, one seed `plain`, the README's newer
   # CPU); with crashes at rate 1/3 it took 29-34 % off SGD rounds (README,
   # Performance).
-  can_skip = cfg.failure_mode == "crash" or cfg.straggler_rate > 0
+  can_skip = failures_lib.settings_skip_steps(
+      failure_model=cfg.failure_model, failure_rate=cfg.failure_rate,
+      failure_mode=cfg.failure_mode, straggler_rate=cfg.straggler_rate,
+      straggler_slowdown=cfg.straggler_slowdown, comm_period=cfg.comm_period)
 
   def local_steps(params, opt_state, key, worker_idx, num_steps, data):
 

@@ -162,6 +162,42 @@ def test_straggler_step_count(slowdown, tau, expected):
   np.testing.assert_array_equal(sched.local_steps, expected)
 
 
+@pytest.mark.parametrize("settings, skips", [
+    (dict(failure_model="bernoulli", failure_rate=0.3,
+          failure_mode="crash"), True),
+    (dict(failure_model="bursty", failure_rate=0.3, failure_mode="crash"),
+     True),
+    (dict(failure_model="bernoulli", failure_rate=0.3,
+          failure_mode="disconnect"), False),
+    # Crashes that cannot happen.
+    (dict(failure_model="none", failure_rate=0.3, failure_mode="crash"),
+     False),
+    (dict(failure_model="bernoulli", failure_rate=0.0,
+          failure_mode="crash"), False),
+    # Stragglers who lose a step, and ones who cannot (τ = 1; no slowdown).
+    (dict(straggler_rate=0.2, comm_period=2), True),
+    (dict(straggler_rate=0.2, comm_period=1), False),
+    (dict(straggler_rate=0.2, straggler_slowdown=0.0, comm_period=4), False),
+])
+def test_settings_skip_steps_exactly_when_a_schedule_can(settings, skips):
+  full = dict(failure_model="bernoulli", failure_rate=0.3,
+              failure_mode="disconnect", straggler_rate=0.0,
+              straggler_slowdown=0.5, comm_period=4)
+  full.update(settings)
+  assert failures.settings_skip_steps(**full) == skips
+  tau = full.pop("comm_period")
+  # Rates raised where the settings allow events at all (bursty allows at
+  # most 2/3 at a mean outage of 2): a long schedule then shows whether
+  # fewer than τ steps ever occur.
+  if full["failure_rate"] > 0:
+    full["failure_rate"] = 0.6
+  if full["straggler_rate"] > 0:
+    full["straggler_rate"] = 1.0
+  model = failures.from_settings(mean_outage=2.0, **full)
+  sched = failures.schedule(model, jax.random.key(3), 20, 3, tau)
+  assert (np.asarray(sched.local_steps) < tau).any() == skips
+
+
 def test_stragglers_take_connected_from_base_and_min_steps():
   base = failures.bursty(0.3, 2.0, mode="crash")
   model = failures.stragglers(0.5, 0.5, base=base)

@@ -181,6 +181,37 @@ def test_plain_single_seed_runs_as_the_seed_in_a_stack(
           < _batched_dots(cfg, data))
 
 
+def _local_steps_fn(config, data):
+  sim = simulator.Simulation(config, data)
+  state = sim.init_state()
+  one = lambda x: x[0, 0]   # seed 0, worker 0
+  args = (jax.tree_util.tree_map(one, state.workers),
+          jax.tree_util.tree_map(one, state.opt_state), jax.random.key(4),
+          jax.numpy.asarray(sim.worker_idx[0][0]))
+  return jax.jit(sim.local_steps), args
+
+
+@pytest.mark.parametrize("model,method", [
+    ("mlp", "EAHES-O"), ("small_cnn", "EAMSGD"), ("cnn", "EAHES")])
+def test_skipping_steps_keeps_every_bit_of_local_steps(model, method, data):
+  # The same worker's τ local steps, num_steps 0..τ, from a configuration
+  # whose failures can skip steps (a cond per step) and one whose cannot
+  # (each step computed, then selected): byte for byte the same.
+  base = BASE.replace(model=model, method=method, comm_period=3,
+                      batch_size=4, num_seeds=1)
+  crash = base.replace(failure_mode="crash")
+  skipping, args = _local_steps_fn(crash, data)
+  masking, _ = _local_steps_fn(base, data)
+  for num_steps in range(crash.comm_period + 1):
+    n = jax.numpy.int32(num_steps)
+    chex.assert_trees_all_equal(skipping(*args, n), masking(*args, n))
+  def conds(fn):
+    text = fn.lower(*args, jax.numpy.int32(1)).as_text()
+    return text.count("stablehlo.case") + text.count("stablehlo.if")
+  assert conds(skipping) == 1
+  assert conds(masking) == 0
+
+
 def _conditionals(config, data):
   """Branching operations in one round's program (a lax.cond whose
   predicate is not batched lowers to one; under vmap it becomes a select)."""
@@ -194,13 +225,14 @@ def _conditionals(config, data):
     ("EAMSGD", "disconnect", 0.5, True),    # stragglers only
     ("EASGD", "disconnect", 0.0, False),    # every step always computed
 ])
-def test_steps_a_worker_does_not_compute_are_skipped_not_masked(
+def test_steps_a_worker_does_not_compute_are_skipped_in_a_round(
     method, mode, straggler_rate, skips, data):
   # Crashed workers (0 of τ steps) and stragglers (fewer steps): under
-  # lax.map with one seed run plain, a lax.cond skips each step a worker
-  # does not compute; under the seeds' vmap both branches run and the
-  # step's result is selected away. The two must give the same run. Where
-  # no step can go uncomputed there is nothing to skip, and no cond.
+  # lax.map with one seed run plain, the round's program branches around
+  # each step a worker may not compute; under the seeds' vmap the cond
+  # becomes a select. The two give the same run (to rounding: the seed
+  # axis changes XLA's kernels; bit-for-bit equality of the two step forms
+  # is the test above). Where no step can go uncomputed, no cond.
   cfg = BASE.replace(method=method, failure_rate=0.5, failure_mode=mode,
                      straggler_rate=straggler_rate, comm_period=3,
                      execution="map", single_seed="plain", seed=2,
