@@ -94,8 +94,8 @@ class Case:
     repeats: timed calls after the compiling and the warm-up call; the
       median is reported.
     conv_impl: the CNNs' convolution formulation (``"auto"``: im2col on CPU).
-    single_seed: how the case's one seed is compiled (``SimConfig``'s
-      field: ``"vmap"``, ``"plain"`` or ``"auto"``).
+    seed_execution: how the case's one seed is compiled (``SimConfig``'s
+      field: ``"vmap"``, ``"map"`` or ``"auto"``).
   """
 
   family: str
@@ -107,7 +107,7 @@ class Case:
   rounds: int = 10
   repeats: int = 3
   conv_impl: str = "auto"
-  single_seed: str = "auto"
+  seed_execution: str = "auto"
 
   @property
   def method(self) -> str:
@@ -139,7 +139,7 @@ def case_config(case: Case) -> config_lib.SimConfig:
       comm_period=case.comm_period, rounds=case.rounds,
       batch_size=case.batch_size, failure_rate=0.0, failure_model="none",
       execution=case.execution, conv_impl=case.conv_impl,
-      single_seed=case.single_seed, train_eval_size=256, eval_batch_size=256)
+      seed_execution=case.seed_execution, train_eval_size=256, eval_batch_size=256)
 
 
 def peak_memory() -> tuple[int | None, str]:
@@ -282,11 +282,11 @@ def chunk_analysis(sim: simulator.Simulation, state: simulator.SimState,
 def program_fields(case: Case, sim: simulator.Simulation) -> dict[str, Any]:
   """What the ``auto`` settings of a case resolved to, which makes its row
   one program or another: ``conv_impl_resolved`` (None for the mlp) and
-  ``single_seed_resolved``."""
+  ``seed_execution_resolved``."""
   return {
       "conv_impl_resolved": (None if case.model == "mlp"
                              else getattr(sim.model, "conv_impl", None)),
-      "single_seed_resolved": simulator.single_seed_mode(sim.engine),
+      "seed_execution_resolved": simulator.seed_execution_mode(sim.engine),
   }
 
 
@@ -487,7 +487,7 @@ def add_step_cost_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   def match_key(r):
     return (r["model"], r["execution"], r["num_workers"], r["comm_period"],
             r["batch_size"], r.get("conv_impl_resolved"),
-            r.get("single_seed_resolved"))
+            r.get("seed_execution_resolved"))
 
   by_family: dict[str, dict[Any, dict[str, Any]]] = {}
   for r in rows:
@@ -530,7 +530,7 @@ def make_cases(families: Sequence[str] = tuple(FAMILIES),
     workers: values of k.
     skip: ``"model:execution:k"`` keys to leave out.
     **case_kwargs: further ``Case`` fields (comm_period, batch_size, rounds,
-      repeats, conv_impl, single_seed).
+      repeats, conv_impl, seed_execution).
 
   Returns:
     The cases, ordered so that a model × execution × k's families are
@@ -813,9 +813,9 @@ def format_table(result: dict[str, Any]) -> str:
   lines.append(format_environment(result["environment"]))
   # What else makes a row another program (as XLA_FLAGS above does).
   programs = sorted({(r.get("conv_impl_resolved") or "-",
-                      r.get("single_seed_resolved") or "-")
+                      r.get("seed_execution_resolved") or "-")
                      for r in result["rows"] if "error" not in r})
   if programs:
-    lines.append("simulator conv_impl, single_seed: " + "; ".join(
-        f"{conv}, {single}" for conv, single in programs))
+    lines.append("simulator conv_impl, seed_execution: " + "; ".join(
+        f"{conv}, {seeds}" for conv, seeds in programs))
   return "\n".join(lines)

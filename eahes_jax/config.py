@@ -25,7 +25,7 @@ MASTER_ESTIMATES = weighting.MASTER_ESTIMATES
 ORACLE_VARIANTS = weighting.ORACLE_VARIANTS
 EXECUTIONS = ("auto",) + execution.STRATEGIES
 CONV_IMPLS = ("auto",) + models.CONV_IMPLS
-SINGLE_SEED = ("auto", "vmap", "plain")
+SEED_EXECUTIONS = ("auto", "vmap", "map")
 DEFAULT_LR = methods_lib.DEFAULT_LR
 
 
@@ -39,7 +39,18 @@ def choices() -> dict[str, tuple[str, ...]]:
           "exchange_order": EXCHANGE_ORDERS,
           "dw_master_estimate": MASTER_ESTIMATES,
           "oracle_variant": ORACLE_VARIANTS, "execution": EXECUTIONS,
-          "conv_impl": CONV_IMPLS, "single_seed": SINGLE_SEED}
+          "conv_impl": CONV_IMPLS, "seed_execution": SEED_EXECUTIONS}
+
+
+def current_fields(d: dict[str, Any]) -> dict[str, Any]:
+  """A copy of a stored config dict with fields renamed since put under
+  their current names and values, so that it describes the same run:
+  ``single_seed`` (``"plain"``) became ``seed_execution`` (``"map"``)."""
+  d = dict(d)
+  if "single_seed" in d:
+    legacy = d.pop("single_seed")
+    d.setdefault("seed_execution", {"plain": "map"}.get(legacy, legacy))
+  return d
 
 
 class ConfigError(ValueError):
@@ -143,15 +154,21 @@ class SimConfig:
       ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot``,
       is faster on CPU for small_cnn (not alone, not for cnn) but rounds
       differently, so ``"auto"`` never picks it.
-    single_seed: how a run of one seed (``num_seeds`` 1) is compiled:
-      ``"vmap"``, as a stack of one through the seeds' vmap (the program of
-      earlier versions, whose runs it reproduces bit for bit); ``"plain"``,
-      without that vmap, whose unit axis makes XLA's CPU backend lay out
-      the CNNs' matmuls with transposing copies (faster rounds on CPU: the
-      README's Performance section; but the matmuls round differently, so
-      runs are not bit-identical to ``"vmap"``'s); ``"auto"``: ``"plain"``
-      under ``im2col_cf`` (which rounds differently anyway), else
-      ``"vmap"``. No effect with several seeds or on the Ray runtime.
+    seed_execution: how a run's seeds are compiled: ``"vmap"``, all in one
+      program vmapped over a leading seed axis (a single seed as a stack
+      of one: the program of earlier versions, whose runs it reproduces bit
+      for bit); ``"map"``, each seed's program without that axis, several
+      seeds one after another in a ``lax.map`` (faster on CPU for the CNNs:
+      the seed axis makes XLA's CPU backend lay out their matmuls with
+      transposing copies, and each seed can skip the steps its crashed
+      workers do not compute; the README's Performance section. The
+      matmuls round differently, so runs are not bit-identical to
+      ``"vmap"``'s; a seed's run is the same under ``"map"`` alone or
+      among others); ``"auto"``: ``"map"`` for a single seed under
+      ``im2col_cf`` (which rounds differently anyway), else ``"vmap"``.
+      No effect on the Ray runtime, which runs each worker apart. Called
+      ``single_seed`` (``"plain"`` for ``"map"``) before; config files
+      with that name still load.
   """
 
   # What is trained.
@@ -196,7 +213,7 @@ class SimConfig:
   train_eval_size: int = 10000
   execution: str = "auto"
   conv_impl: str = "auto"
-  single_seed: str = "auto"
+  seed_execution: str = "auto"
 
   def __post_init__(self):
     object.__setattr__(self, "dw_coeffs",
@@ -284,11 +301,11 @@ class SimConfig:
 
   @classmethod
   def from_dict(cls, d: dict[str, Any]) -> "SimConfig":
+    d = current_fields(d)
     known = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(d) - known)
     if unknown:
       raise ConfigError(f"unknown config fields {unknown}", unknown[0])
-    d = dict(d)
     if "dw_coeffs" in d:
       d["dw_coeffs"] = tuple(d["dw_coeffs"])
     return cls(**d)

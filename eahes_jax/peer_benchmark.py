@@ -339,11 +339,12 @@ def format_table(result: dict[str, Any]) -> str:
   # The convolution formulation, like XLA_FLAGS in the line above, makes
   # the simulator's row another program.
   conv = sorted({r["conv_impl"] for r in result["rows"] if "conv_impl" in r})
-  single = sorted({r["single_seed_resolved"] for r in result["rows"]
-                   if "single_seed_resolved" in r})
+  seeds = sorted({r["seed_execution_resolved"] for r in result["rows"]
+                  if "seed_execution_resolved" in r})
   if conv:
     lines.append(f"simulator conv_impl: {', '.join(conv)}"
-                 + (f"; single_seed: {', '.join(single)}" if single else ""))
+                 + (f"; seed_execution: {', '.join(seeds)}" if seeds
+                    else ""))
   if devices:
     lines.append(f"PyTorch on {', '.join(devices)}")
   r = next((r for r in result["rows"] if "torch_version" in r), None)

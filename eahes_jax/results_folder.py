@@ -136,11 +136,13 @@ def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
   """The fields in which two run records differ.
 
   A field missing from ``old`` (a folder written before the field existed)
-  counts as its default, the value that run used.
+  counts as its default, the value that run used; a field renamed since
+  counts under its current name (``config.current_fields``).
   """
   defaults = config_lib.SimConfig().to_dict()
+  stored = config_lib.current_fields(old["config"])
   old_cfg = {**{k: defaults[k] for k in new["config"]
-                if k not in old["config"] and k in defaults}, **old["config"]}
+                if k not in stored and k in defaults}, **stored}
   new_cfg = new["config"]
   fields = sorted(k for k in set(old_cfg) | set(new_cfg)
                   if old_cfg.get(k) != new_cfg.get(k))

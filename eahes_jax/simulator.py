@@ -293,6 +293,15 @@ def make_engine(config: config_lib.SimConfig, *, devices: Any = None
   """The ``Engine`` of ``config`` (resolved here)."""
   config = config.resolve()
   strategy = execution_lib.resolve_strategy(config.execution)
+  if (strategy == "sharded" and config.seed_execution == "map"
+      and config.num_seeds > 1):
+    # Two seeds in a lax.map over a mesh of workers drifted from the same
+    # seeds unsharded by up to 1e-3 in two mlp rounds (one seed: 5e-6),
+    # more than sharding's rounding elsewhere: not examined, so not offered.
+    raise config_lib.ConfigError(
+        "seed_execution='map' runs several seeds one after another, which"
+        " execution='sharded' does not support; use seed_execution='vmap'"
+        " or one seed per run", "seed_execution")
   mesh = (execution_lib.worker_mesh(config.num_workers, devices)
           if strategy == "sharded" else None)
   return Engine(config, make_model(config), make_optimizer(config),
@@ -336,7 +345,7 @@ def make_local_steps(engine: Engine) -> Callable[..., Any]:
   (crashes, or stragglers who lose a step:
   ``failures.settings_skip_steps``), each step is a ``lax.cond`` on
   ``t < num_steps``: where its predicate is not batched
-  (``execution="map"`` with one seed run ``plain``) a step the worker does
+  (``execution="map"`` with ``seed_execution="map"``) a step the worker does
   not compute is skipped; under a ``vmap`` (of workers or seeds) JAX runs
   both branches and selects. Otherwise every step is computed and its
   result selected by ``t < num_steps``. Either way a step's result is the
@@ -344,10 +353,10 @@ def make_local_steps(engine: Engine) -> Callable[..., Any]:
   cfg = engine.config
   model, optimizer = engine.model, engine.optimizer
   # Skipping a step pays only where steps can go uncomputed: with none
-  # skipped, the cond made small_cnn SGD rounds 1-5 % slower and cnn's 3-4 %
-  # faster than the select (k = 8, one seed `plain`, the README's newer
-  # CPU); with crashes at rate 1/3 it took 29-34 % off SGD rounds (README,
-  # Performance).
+  # skipped, the cond made small_cnn SGD rounds 1-5 % slower and cnn's
+  # 3-4 % faster than the select (k = 8, one seed without the seed axis,
+  # the README's newer CPU); with crashes at rate 1/3 it took 29-34 % off
+  # SGD rounds (README, Performance).
   can_skip = failures_lib.settings_skip_steps(
       failure_model=cfg.failure_model, failure_rate=cfg.failure_rate,
       failure_mode=cfg.failure_mode, straggler_rate=cfg.straggler_rate,
@@ -457,24 +466,33 @@ def make_round(engine: Engine) -> Callable[..., tuple[SimState,
   return round_
 
 
-def single_seed_mode(engine: Engine) -> str:
-  """How a run of one seed is compiled, ``"vmap"`` or ``"plain"``: the
-  config's ``single_seed`` with ``"auto"`` resolved (``"plain"`` under the
-  channel-first convolutions, which round differently anyway)."""
-  mode = engine.config.single_seed
+def seed_execution_mode(engine: Engine, num_seeds: int | None = None
+                        ) -> str:
+  """How a run's seeds are compiled, ``"vmap"`` or ``"map"``: the config's
+  ``seed_execution`` with ``"auto"`` resolved (``"map"`` for a single seed
+  under the channel-first convolutions, which round differently anyway).
+
+  Args:
+    engine: the run's engine.
+    num_seeds: seeds in the run (default: the config's ``num_seeds``).
+  """
+  mode = engine.config.seed_execution
   if mode == "auto":
+    if num_seeds is None:
+      num_seeds = engine.config.num_seeds
     channel_first = (getattr(engine.model, "conv_impl", None)
                      in models_lib.CHANNEL_FIRST_IMPLS)
-    mode = "plain" if channel_first else "vmap"
+    mode = "map" if channel_first and num_seeds == 1 else "vmap"
   return mode
 
 
 def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
   """``chunk(states, worker_idx, data) -> (states, metrics)``: ``length``
-  rounds in one ``lax.scan``, vmapped over the leading seed axis of
-  ``states`` and ``worker_idx`` (not jitted; ``Simulation`` jits it). A
-  single seed runs without the vmap, its axis taken off and put back around
-  it, where ``single_seed_mode`` is ``"plain"``."""
+  rounds in one ``lax.scan`` for each seed along the leading axis of
+  ``states`` and ``worker_idx`` (not jitted; ``Simulation`` jits it): all
+  seeds in one ``vmap``, or, where ``seed_execution_mode`` is ``"map"``,
+  each seed's program without a seed axis (several seeds in a
+  ``lax.map``)."""
   round_ = make_round(engine)
   constrain = functools.partial(_constrain, engine)
 
@@ -485,24 +503,26 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
     return constrain(state), metrics
 
   seeds_chunk = jax.vmap(chunk, in_axes=(0, 0, None))
-  if single_seed_mode(engine) == "vmap":
-    return seeds_chunk
 
-  def seeds_or_one(states, worker_idx, data):
-    if worker_idx.shape[0] != 1:
+  def seeds(states, worker_idx, data):
+    num_seeds = worker_idx.shape[0]
+    if seed_execution_mode(engine, num_seeds) == "vmap":
       return seeds_chunk(states, worker_idx, data)
-    # One seed runs without the seed vmap: a size-1 vmap leaves a unit batch
-    # axis on every matmul, and XLA's CPU backend then lays out the
+    # Without the seed vmap: its axis (a unit one for a single seed) rides
+    # on every matmul, and XLA's CPU backend then lays out the
     # convolutions' gradients with transposing copies (channel-first
-    # small_cnn, k = 8: 4.5-5.0 -> 3.7-3.9 ms a gradient step). XLA then
-    # picks other matmul kernels, which round differently: an option
-    # (``SimConfig.single_seed``), the default only with the formulation
-    # that already rounds differently (im2col_cf).
-    one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
-    state, metrics = chunk(one(states), worker_idx[0], data)
-    return jax.tree_util.tree_map(lambda x: x[None], (state, metrics))
+    # small_cnn, k = 8: 4.5-5.0 -> 3.7-3.9 ms a gradient step), and a
+    # batched predicate would turn the skipping of uncomputed local steps
+    # into a select. XLA then picks other matmul kernels, which round
+    # differently: an option (``SimConfig.seed_execution``), the default
+    # only with the formulation that already rounds differently (im2col_cf).
+    if num_seeds == 1:
+      one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
+      state, metrics = chunk(one(states), worker_idx[0], data)
+      return jax.tree_util.tree_map(lambda x: x[None], (state, metrics))
+    return jax.lax.map(lambda args: chunk(*args, data), (states, worker_idx))
 
-  return seeds_or_one
+  return seeds
 
 
 def _constrain(engine: Engine, state: SimState) -> SimState:
@@ -600,8 +620,14 @@ class Simulation:
     self._chunks: dict[int, Callable[..., Any]] = {}
     self._init = jax.jit(jax.vmap(make_init(self.engine)))
     self._local_steps = make_local_steps(self.engine)
-    self._evaluate = jax.jit(jax.vmap(make_evaluate(self.engine),
-                                      in_axes=(0, None)))
+    evaluate = make_evaluate(self.engine)
+    if seed_execution_mode(self.engine) == "map":
+      # Each seed evaluated without a seed axis too, so that a seed's run
+      # is the same alone or among others.
+      self._evaluate = jax.jit(lambda state, data: jax.lax.map(
+          lambda one: evaluate(one, data), state))
+    else:
+      self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
 
   def init_state(self) -> SimState:
     """The initial state of every seed, stacked on a leading seed axis."""

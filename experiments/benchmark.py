@@ -107,7 +107,7 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
         fv.methods, s["models"], s["executions"], s["workers"],
         comm_period=fv.comm_period, batch_size=s["batch_size"],
         rounds=s["rounds"], repeats=s["repeats"], conv_impl=fv.conv_impl,
-        single_seed=fv.single_seed)
+        seed_execution=fv.seed_execution)
   for name in ("methods", "models", "executions", "workers"):
     if not fv[name].value:  # An empty list would benchmark nothing.
       raise config_lib.ConfigError(f"{name} must not be empty", name)
@@ -129,7 +129,7 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
         cli.parse_numbers(workers, "workers", int),
         skip=skip, comm_period=fv.comm_period, batch_size=fv.batch_size,
         rounds=fv.rounds or DEFAULT_ROUNDS[model], repeats=fv.repeats,
-        conv_impl=fv.conv_impl, single_seed=fv.single_seed)
+        conv_impl=fv.conv_impl, seed_execution=fv.seed_execution)
   return cases
 
 
@@ -173,10 +173,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
   flags.DEFINE_enum("conv_impl", "auto", list(config_lib.CONV_IMPLS),
                     "Convolution formulation of the CNNs (auto: im2col on"
                     " CPU, xla elsewhere).", flag_values=fv)
-  flags.DEFINE_enum("single_seed", "auto", list(config_lib.SINGLE_SEED),
+  flags.DEFINE_enum("seed_execution", "auto",
+                    list(config_lib.SEED_EXECUTIONS),
                     "How the simulator compiles its one seed: vmap (a stack"
-                    " of one), plain (without the seeds' vmap: faster on CPU,"
-                    " rounds differently) or auto (plain under im2col_cf).",
+                    " of one), map (without the seeds' vmap: faster on CPU,"
+                    " rounds differently) or auto (map under im2col_cf).",
                     flag_values=fv)
   flags.DEFINE_bool("isolate", True,
                     "Run each model × execution × k in a fresh process (peak"

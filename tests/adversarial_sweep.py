@@ -243,7 +243,7 @@ def flag_cases(tmp: pathlib.Path) -> list[tuple]:
   train("eval_every", 10**9, "either")
   for flag in ("method", "model", "failure_model", "failure_mode",
                "exchange_order", "dw_master_estimate", "oracle_variant",
-               "execution", "conv_impl", "single_seed", "data_source"):
+               "execution", "conv_impl", "seed_execution", "data_source"):
     train(flag, "nosuch")
   for value in ("", "a,b", "nan,0.5", "0.5,0.6", "1"):
     train("dw_coeffs", value, "either" if value == "1" else "reject")

@@ -245,6 +245,24 @@ def test_resume_without_config_json_checks_the_checkpoints_config(
   assert (out / results_folder.CONFIG_FILE).exists()
 
 
+def test_a_folder_written_under_a_fields_earlier_name_resumes(
+    finished, tmp_path):
+  # seed_execution was called single_seed ("plain" for "map"): a folder
+  # whose config.json says so holds the same run and resumes.
+  out = resumable_copy(finished, tmp_path)
+  record = json.loads((out / results_folder.CONFIG_FILE).read_text())
+  record["config"]["single_seed"] = record["config"].pop("seed_execution")
+  (out / results_folder.CONFIG_FILE).write_text(json.dumps(record))
+  run(out, resume=True)
+  assert (out / results_folder.METRICS_FILE).read_bytes() == finished[1]
+  # Under its old name a different value is still a different run.
+  record["config"]["single_seed"] = "plain"
+  (out / results_folder.CONFIG_FILE).write_text(json.dumps(record))
+  with pytest.raises(results_folder.ResultsDirError,
+                     match=r"differs in: seed_execution"):
+    run(out, resume=True)
+
+
 def test_a_checkpoint_of_another_config_is_refused_despite_config_json(
     finished, tmp_path):
   out = resumable_copy(finished, tmp_path)

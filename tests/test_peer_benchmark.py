@@ -123,7 +123,7 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
   assert "sim smp/s" in header and "torch smp/s" in header
   assert "ratio" in header
   assert "PyTorch on cpu (TF32 matmuls off)" in printed
-  assert "simulator conv_impl: auto; single_seed: vmap" in printed
+  assert "simulator conv_impl: auto; seed_execution: vmap" in printed
   for r in rows:
     assert any(line.startswith(r["method"]) and " small_cnn " in line
                and f"{r['ratio']:.2f}" in line

@@ -150,24 +150,25 @@ def _batched_dots(config, data):
       "batching_dims")
 
 
-@pytest.mark.parametrize("model,conv_impl,single_seed,method", [
-    ("small_cnn", "im2col_cf", "auto", "EAHES-O"),   # plain by default there
-    ("small_cnn", "im2col", "plain", "EAHES-O"),
-    ("cnn", "im2col", "plain", "EAMSGD"),
-    ("mlp", "auto", "plain", "EAHES-O"),
+@pytest.mark.parametrize("model,conv_impl,seed_execution,method", [
+    ("small_cnn", "im2col_cf", "auto", "EAHES-O"),   # map by default there
+    ("small_cnn", "im2col", "map", "EAHES-O"),
+    ("cnn", "im2col", "map", "EAMSGD"),
+    ("mlp", "auto", "map", "EAHES-O"),
 ])
-def test_plain_single_seed_runs_as_the_seed_in_a_stack(
-    model, conv_impl, single_seed, method, data):
+def test_mapped_single_seed_runs_as_the_seed_in_a_stack(
+    model, conv_impl, seed_execution, method, data):
   # Without the seed vmap (a separate code path) one seed's run must be
   # that seed's run in a stack of two, to float32 rounding (XLA picks other
   # matmul kernels without the unit seed axis). cnn with SGD: under
   # AdaHessian its loss on these random digits reaches 16 by round 2, a
   # run that amplifies rounding differences past any tolerance.
   cfg = BASE.replace(method=method, model=model, conv_impl=conv_impl,
-                     single_seed=single_seed, execution="map", seed=5,
-                     num_seeds=2, rounds=2, eval_every=2)
-  together = simulator.run(cfg, data)
-  alone = simulator.run(cfg.replace(num_seeds=1), data)
+                     seed_execution=seed_execution, execution="map", seed=5,
+                     num_seeds=1, rounds=2, eval_every=2)
+  stack = cfg.replace(num_seeds=2, seed_execution="vmap")
+  together = simulator.run(stack, data)
+  alone = simulator.run(cfg, data)
   for field in ("metrics", "evals"):
     chex.assert_trees_all_close(
         jax.tree_util.tree_map(lambda x: x[:1], getattr(together, field)),
@@ -177,8 +178,7 @@ def test_plain_single_seed_runs_as_the_seed_in_a_stack(
   # And the separate path is taken: without the seed vmap the chunk's
   # matmuls lose their seed batch axis (with it, one seed's program would
   # batch as many dot_generals as two seeds' does).
-  assert (_batched_dots(cfg.replace(num_seeds=1), data)
-          < _batched_dots(cfg, data))
+  assert _batched_dots(cfg, data) < _batched_dots(stack, data)
 
 
 def _local_steps_fn(config, data):
@@ -228,16 +228,16 @@ def _conditionals(config, data):
 def test_steps_a_worker_does_not_compute_are_skipped_in_a_round(
     method, mode, straggler_rate, skips, data):
   # Crashed workers (0 of τ steps) and stragglers (fewer steps): under
-  # lax.map with one seed run plain, the round's program branches around
-  # each step a worker may not compute; under the seeds' vmap the cond
-  # becomes a select. The two give the same run (to rounding: the seed
+  # lax.map with one seed run without the seed axis, the round's program
+  # branches around each step a worker may not compute; under the seeds'
+  # vmap the cond becomes a select. The two give the same run (to rounding: the seed
   # axis changes XLA's kernels; bit-for-bit equality of the two step forms
   # is the test above). Where no step can go uncomputed, no cond.
   cfg = BASE.replace(method=method, failure_rate=0.5, failure_mode=mode,
                      straggler_rate=straggler_rate, comm_period=3,
-                     execution="map", single_seed="plain", seed=2,
+                     execution="map", seed_execution="map", seed=2,
                      num_seeds=2, rounds=3, eval_every=3)
-  together = simulator.run(cfg, data)
+  together = simulator.run(cfg.replace(seed_execution="vmap"), data)
   alone = simulator.run(cfg.replace(num_seeds=1), data)
   steps = np.asarray(alone.metrics.local_steps)
   assert (steps < cfg.comm_period).any() == skips
@@ -250,42 +250,80 @@ def test_steps_a_worker_does_not_compute_are_skipped_in_a_round(
   assert _conditionals(cfg.replace(num_seeds=1, execution="vmap"), data) == 0
 
 
-@pytest.mark.parametrize("model,conv_impl,single_seed", [
+@pytest.mark.parametrize("model,conv_impl,seed_execution", [
     ("small_cnn", "im2col", "auto"),      # the default: earlier runs' bits
     ("small_cnn", "im2col_cf", "vmap"),
     ("mlp", "auto", "auto"),
 ])
 def test_vmap_single_seed_compiles_as_a_stack_of_one(
-    model, conv_impl, single_seed, data):
+    model, conv_impl, seed_execution, data):
   cfg = BASE.replace(method="EAHES-O", model=model, conv_impl=conv_impl,
-                     single_seed=single_seed, execution="map", rounds=1,
+                     seed_execution=seed_execution, execution="map", rounds=1,
                      num_seeds=2, batch_size=4)
   assert _batched_dots(cfg.replace(num_seeds=1), data) == _batched_dots(
       cfg, data) > 0
 
 
-@pytest.mark.parametrize("model,conv_impl,single_seed,mode", [
-    ("small_cnn", "im2col", "auto", "vmap"),
-    ("small_cnn", "auto", "auto", "vmap"),
-    ("cnn", "im2col_cf", "auto", "plain"),
-    ("mlp", "auto", "auto", "vmap"),
+@pytest.mark.parametrize("model,conv_impl,seed_execution,num_seeds,mode", [
+    ("small_cnn", "im2col", "auto", 1, "vmap"),
+    ("small_cnn", "auto", "auto", 1, "vmap"),
+    ("cnn", "im2col_cf", "auto", 1, "map"),
+    # Several seeds under auto stay in one vmap, as before the option.
+    ("cnn", "im2col_cf", "auto", 3, "vmap"),
+    ("mlp", "auto", "auto", 1, "vmap"),
     # The model's formulation decides, not the config's field: the mlp has
     # no convolutions, so im2col_cf leaves its runs as they were.
-    ("mlp", "im2col_cf", "auto", "vmap"),
-    ("small_cnn", "im2col_cf", "vmap", "vmap"),
-    ("mlp", "auto", "plain", "plain"),
+    ("mlp", "im2col_cf", "auto", 1, "vmap"),
+    ("small_cnn", "im2col_cf", "vmap", 1, "vmap"),
+    ("mlp", "auto", "map", 1, "map"),
+    ("mlp", "auto", "map", 3, "map"),
 ])
-def test_single_seed_mode_resolves_auto_by_the_formulation(
-    model, conv_impl, single_seed, mode):
+def test_seed_execution_mode_resolves_auto_by_the_formulation(
+    model, conv_impl, seed_execution, num_seeds, mode):
   cfg = BASE.replace(model=model, conv_impl=conv_impl,
-                     single_seed=single_seed)
-  assert simulator.single_seed_mode(simulator.make_engine(cfg)) == mode
+                     seed_execution=seed_execution, num_seeds=num_seeds)
+  assert simulator.seed_execution_mode(simulator.make_engine(cfg)) == mode
 
 
-def test_single_seed_refuses_an_unknown_value_naming_the_field():
-  with pytest.raises(config_lib.ConfigError, match="single_seed") as e:
-    BASE.replace(single_seed="fast")
-  assert e.value.field == "single_seed"
+def test_seed_execution_refuses_an_unknown_value_naming_the_field():
+  with pytest.raises(config_lib.ConfigError, match="seed_execution") as e:
+    BASE.replace(seed_execution="fast")
+  assert e.value.field == "seed_execution"
+
+
+@pytest.mark.parametrize("legacy,mode", [
+    ("plain", "map"), ("vmap", "vmap"), ("auto", "auto")])
+def test_config_files_with_the_fields_earlier_name_still_load(legacy, mode):
+  d = BASE.to_dict()
+  del d["seed_execution"]
+  d["single_seed"] = legacy
+  assert config_lib.SimConfig.from_dict(d) == BASE.replace(
+      seed_execution=mode)
+
+
+@pytest.mark.parametrize("model,method", [
+    ("cnn", "EASGD"), ("small_cnn", "EAHES-O"), ("mlp", "DEAHES-O")])
+def test_mapped_seeds_each_run_as_that_seed_alone(model, method, data):
+  # Several seeds under "map" run one after another, each the program of a
+  # single seed: every seed's run is that seed's run alone, byte for byte
+  # (crashes on, so that each seed also skips its own uncomputed steps).
+  cfg = BASE.replace(method=method, model=model, seed_execution="map",
+                     execution="map", seed=7, num_seeds=2, rounds=2,
+                     eval_every=2, failure_mode="crash", batch_size=4)
+  together = simulator.run(cfg, data)
+  for i in range(2):
+    alone = simulator.run(cfg.replace(num_seeds=1, seed=7 + i), data)
+    for field in ("metrics", "evals"):
+      chex.assert_trees_all_equal(
+          jax.tree_util.tree_map(lambda x, i=i: x[i:i + 1],
+                                 getattr(together, field)),
+          getattr(alone, field))
+  # No seed axis on the matmuls (as few batched ones as one seed's
+  # program has), and a branch around each local step.
+  assert (_batched_dots(cfg, data)
+          == _batched_dots(cfg.replace(num_seeds=1), data)
+          < _batched_dots(cfg.replace(seed_execution="vmap"), data))
+  assert _conditionals(cfg, data) > 0
 
 
 def test_chunking_does_not_change_results(data):
