@@ -222,8 +222,11 @@ def flops_per_sample(sim: simulator.Simulation,
   if not flops or flops <= 0:
     return None
   cfg = sim.config
-  return float(flops) / (workers_per_program(sim) * cfg.batch_size
-                         * cfg.num_seeds)
+  # Seeds under the vmap are all in the counted program; under "map" they
+  # are a loop whose body (one seed) is counted once.
+  seeds = (cfg.num_seeds
+           if simulator.seed_execution_mode(sim.engine) == "vmap" else 1)
+  return float(flops) / (workers_per_program(sim) * cfg.batch_size * seeds)
 
 
 def cpu_reference_flops_per_sample(case: Case,

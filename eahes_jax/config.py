@@ -49,7 +49,12 @@ def current_fields(d: dict[str, Any]) -> dict[str, Any]:
   d = dict(d)
   if "single_seed" in d:
     legacy = d.pop("single_seed")
-    d.setdefault("seed_execution", {"plain": "map"}.get(legacy, legacy))
+    renamed = {"plain": "map"}.get(legacy, legacy)
+    if d.setdefault("seed_execution", renamed) != renamed:
+      raise ConfigError(
+          f"single_seed={legacy!r} (the earlier name of seed_execution)"
+          f" contradicts seed_execution={d['seed_execution']!r}",
+          "single_seed")
   return d
 
 
@@ -138,7 +143,8 @@ class SimConfig:
       ``"reset"`` (the paper's), ``"ignore"`` or ``"graded"`` (the dynamic
       maps fed the true outage length, with ``dw_threshold`` as k); see
       ``weighting.oracle``.
-    num_seeds: seeds run side by side in one compiled program (vmap).
+    num_seeds: seeds run in one compiled program (side by side by vmap,
+      or one after another: ``seed_execution``).
     seed: first seed; the run covers seed, seed + 1, ..., seed + num_seeds - 1.
     eval_every: rounds between evaluations of the master.
     eval_batch_size: batch size of the evaluation passes.
@@ -160,8 +166,9 @@ class SimConfig:
       for bit); ``"map"``, each seed's program without that axis, several
       seeds one after another in a ``lax.map`` (faster on CPU for the CNNs:
       the seed axis makes XLA's CPU backend lay out their matmuls with
-      transposing copies, and each seed can skip the steps its crashed
-      workers do not compute; the README's Performance section. The
+      transposing copies, and under ``execution="map"`` each seed can skip
+      the steps its crashed workers do not compute; the README's
+      Performance section. The
       matmuls round differently, so runs are not bit-identical to
       ``"vmap"``'s; a seed's run is the same under ``"map"`` alone or
       among others); ``"auto"``: ``"map"`` for a single seed under

@@ -91,8 +91,11 @@ def check_execution(config: config_lib.SimConfig) -> None:
 
   Raises:
     config.ConfigError: ``sharded`` with a k the device mesh cannot hold
-      (named after ``num_workers``), before any data is loaded or compiled.
+      (named after ``num_workers``), or with several seeds under
+      ``seed_execution="map"`` (named after ``seed_execution``), before any
+      data is loaded or compiled.
   """
+  simulator.check_seed_execution(config)
   if execution_lib.resolve_strategy(config.execution) != "sharded":
     return
   try:

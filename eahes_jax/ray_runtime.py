@@ -370,8 +370,8 @@ class Master:
     self._journal.start_segment(self.seq, keep_from=min(self._ckpt.rounds()))
 
   def _check_record(self, record: dict[str, Any] | None) -> None:
-    if record is None or record.get("config") != _json(
-        self.config.to_dict()):
+    if record is None or config_lib.current_fields(
+        record.get("config") or {}) != _json(self.config.to_dict()):
       raise config_lib.ConfigError(
           f"the master checkpoint in {self._ckpt.directory} is of another"
           " run's config", "checkpoint_every")

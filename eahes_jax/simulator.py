@@ -15,8 +15,9 @@ One communication round (algorithms.md §3, §5, §6) is one pure function of a
 
 Rounds run in ``lax.scan`` chunks of ``eval_every`` rounds between evaluations
 of the master, and several seeds run side by side by ``vmap`` over a leading
-seed axis, so "the mean of three runs" is one compiled program. Python only
-loops over chunks.
+seed axis (or, under ``seed_execution="map"``, one after another in a
+``lax.map``), so "the mean of three runs" is one compiled program. Python
+only loops over chunks.
 
 The round's order (local steps, then the exchange) reads the asynchronous
 EASGD update of §3 in the synchronous-round way: the exchange after the last
@@ -288,20 +289,30 @@ class Engine(NamedTuple):
   mesh: Any
 
 
+def check_seed_execution(config: config_lib.SimConfig) -> None:
+  """Refuses several seeds under ``seed_execution="map"`` with
+  ``execution="sharded"``.
+
+  Raises:
+    config.ConfigError: named after ``seed_execution``.
+  """
+  if (execution_lib.resolve_strategy(config.execution) == "sharded"
+      and config.seed_execution == "map" and config.num_seeds > 1):
+    # Two seeds in a lax.map over a mesh of workers drifted from the same
+    # seeds unsharded by up to 1e-3 in two mlp rounds (one seed: 5e-6),
+    # more than sharding's rounding elsewhere: not examined, so not offered.
+    raise config_lib.ConfigError(
+        "`seed_execution=map` with several seeds runs them one after"
+        " another, which `execution=sharded` does not support; use"
+        " `seed_execution=vmap`, or one seed per run", "seed_execution")
+
+
 def make_engine(config: config_lib.SimConfig, *, devices: Any = None
                 ) -> Engine:
   """The ``Engine`` of ``config`` (resolved here)."""
   config = config.resolve()
   strategy = execution_lib.resolve_strategy(config.execution)
-  if (strategy == "sharded" and config.seed_execution == "map"
-      and config.num_seeds > 1):
-    # Two seeds in a lax.map over a mesh of workers drifted from the same
-    # seeds unsharded by up to 1e-3 in two mlp rounds (one seed: 5e-6),
-    # more than sharding's rounding elsewhere: not examined, so not offered.
-    raise config_lib.ConfigError(
-        "seed_execution='map' runs several seeds one after another, which"
-        " execution='sharded' does not support; use seed_execution='vmap'"
-        " or one seed per run", "seed_execution")
+  check_seed_execution(config)
   mesh = (execution_lib.worker_mesh(config.num_workers, devices)
           if strategy == "sharded" else None)
   return Engine(config, make_model(config), make_optimizer(config),
@@ -620,14 +631,20 @@ class Simulation:
     self._chunks: dict[int, Callable[..., Any]] = {}
     self._init = jax.jit(jax.vmap(make_init(self.engine)))
     self._local_steps = make_local_steps(self.engine)
-    evaluate = make_evaluate(self.engine)
-    if seed_execution_mode(self.engine) == "map":
-      # Each seed evaluated without a seed axis too, so that a seed's run
-      # is the same alone or among others.
-      self._evaluate = jax.jit(lambda state, data: jax.lax.map(
-          lambda one: evaluate(one, data), state))
+    stacked = jax.vmap(make_evaluate(self.engine), in_axes=(0, None))
+    if (seed_execution_mode(self.engine) == "map"
+        and config.num_seeds > 1):
+      # Several mapped seeds are evaluated one after another, each as the
+      # stack of one a single seed's run evaluates (evaluation is rare, and
+      # a seed's run is then the same bytes alone or among others).
+      def one_by_one(state, data):
+        def one(seed_state):
+          stack = jax.tree_util.tree_map(lambda x: x[None], seed_state)
+          return jax.tree_util.tree_map(lambda x: x[0], stacked(stack, data))
+        return jax.lax.map(one, state)
+      self._evaluate = jax.jit(one_by_one)
     else:
-      self._evaluate = jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
+      self._evaluate = jax.jit(stacked)
 
   def init_state(self) -> SimState:
     """The initial state of every seed, stacked on a leading seed axis."""

@@ -60,6 +60,7 @@ _SHARDED_SCRIPT = r"""
 import sys
 import jax
 import numpy as np
+from eahes_jax import config as config_lib
 from eahes_jax import simulator
 from tests import test_execution as t
 from tests.conftest import tiny_mnist
@@ -108,8 +109,8 @@ try:
   simulator.Simulation(cfg.replace(execution="sharded", seed_execution="map",
                                    num_seeds=2), data)
   errors.append("")
-except ValueError as e:
-  errors.append(str(e))
+except config_lib.ConfigError as e:
+  errors.append(f"{e.field}: {e}")
 np.savez(sys.argv[1], errors=np.array(errors), **out)
 """
 
@@ -154,7 +155,7 @@ def test_sharded_rejects_k_not_divisible_by_devices(sharded_results):
   assert "num_workers" in errors[1] and "8 devices" in errors[1]
   assert "got 6" in errors[0]
   # Several seeds in a lax.map over a mesh: refused, naming the field.
-  assert "seed_execution" in errors[2] and "sharded" in errors[2]
+  assert errors[2].startswith("seed_execution: ") and "sharded" in errors[2]
 
 
 def test_worker_mesh_error_names_the_argument():

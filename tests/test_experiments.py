@@ -285,6 +285,8 @@ def test_tfds_without_tensorflow_names_the_flag_and_the_extra(monkeypatch):
     # sharded needs k to be a multiple of the device count: checked before
     # the data is loaded or anything compiles.
     ("train", ["--execution=sharded", "--num_workers=3"], "--num_workers"),
+    ("train", ["--execution=sharded", "--num_workers=2", "--num_seeds=2",
+               "--seed_execution=map"], "--seed_execution"),
     ("reproduce_paper", ["--methods=EASGD,NOPE"], "--methods"),
     ("reproduce_paper", ["--workers=0"], "--workers"),
     ("reproduce_paper", ["--overlap_ratios=0,1"], "--overlap_ratios"),

@@ -17,12 +17,14 @@ from tests.conftest import tiny_mnist
 MLP_FORWARD_FLOPS = 2 * (784 * 32 + 32 * 10)
 
 
-def _flops_per_sample(execution, k, batch, rounds=2, comm_period=2):
+def _flops_per_sample(execution, k, batch, rounds=2, comm_period=2,
+                      num_seeds=1, seed_execution="auto"):
   config = config_lib.SimConfig(
       method="EASGD", model="mlp", num_workers=k, comm_period=comm_period,
       rounds=rounds, batch_size=batch, failure_rate=0.0,
       failure_model="none", execution=execution, train_eval_size=64,
-      eval_batch_size=64)
+      eval_batch_size=64, num_seeds=num_seeds,
+      seed_execution=seed_execution)
   sim = simulator.Simulation(config, tiny_mnist())
   state, _ = sim.run_rounds(sim.init_state(), rounds)
   return benchmarking.chunk_analysis(sim, state, rounds)["flops_per_sample"]
@@ -59,6 +61,15 @@ def test_flops_per_sample_does_not_depend_on_k_or_the_execution(flops):
   one = flops[("map", 1, 64)]
   assert flops[("map", 2, 64)] == pytest.approx(one, rel=0.1)
   assert flops[("vmap", 2, 64)] == pytest.approx(one, rel=0.1)
+
+
+@pytest.mark.parametrize("seed_execution", ["vmap", "map"])
+def test_flops_per_sample_does_not_depend_on_the_seeds(flops, seed_execution):
+  # Three seeds in the vmapped program count three times the FLOPs; in a
+  # lax.map the body (one seed) counts once: per sample, the same.
+  three = _flops_per_sample("map", 1, 64, num_seeds=3,
+                            seed_execution=seed_execution)
+  assert three == pytest.approx(flops[("map", 1, 64)], rel=0.1)
 
 
 def test_matmul_peak_is_positive():

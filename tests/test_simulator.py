@@ -301,6 +301,15 @@ def test_config_files_with_the_fields_earlier_name_still_load(legacy, mode):
       seed_execution=mode)
 
 
+def test_a_config_naming_both_names_must_agree():
+  d = BASE.replace(seed_execution="map").to_dict()
+  assert config_lib.SimConfig.from_dict(
+      {**d, "single_seed": "plain"}).seed_execution == "map"
+  with pytest.raises(config_lib.ConfigError, match="contradicts") as e:
+    config_lib.SimConfig.from_dict({**d, "single_seed": "vmap"})
+  assert e.value.field == "single_seed"
+
+
 @pytest.mark.parametrize("model,method", [
     ("cnn", "EASGD"), ("small_cnn", "EAHES-O"), ("mlp", "DEAHES-O")])
 def test_mapped_seeds_each_run_as_that_seed_alone(model, method, data):
