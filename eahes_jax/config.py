@@ -168,14 +168,13 @@ class SimConfig:
       the seed axis makes XLA's CPU backend lay out their matmuls with
       transposing copies, and under ``execution="map"`` each seed can skip
       the steps its crashed workers do not compute; the README's
-      Performance section. The
-      matmuls round differently, so runs are not bit-identical to
-      ``"vmap"``'s; a seed's run is the same under ``"map"`` alone or
-      among others); ``"auto"``: ``"map"`` for a single seed under
-      ``im2col_cf`` (which rounds differently anyway), else ``"vmap"``.
-      No effect on the Ray runtime, which runs each worker apart. Called
-      ``single_seed`` (``"plain"`` for ``"map"``) before; config files
-      with that name still load.
+      Performance section. The matmuls round differently, so runs are not
+      bit-identical to ``"vmap"``'s; a seed's run is the same under
+      ``"map"`` alone or among others); ``"auto"``: ``"map"`` for a single
+      seed under ``im2col_cf`` (which rounds differently anyway), else
+      ``"vmap"``. No effect on the Ray runtime, which runs each worker
+      apart. Called ``single_seed`` (``"plain"`` for ``"map"``) before;
+      config files with that name still load.
   """
 
   # What is trained.
