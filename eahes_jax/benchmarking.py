@@ -139,7 +139,8 @@ def case_config(case: Case) -> config_lib.SimConfig:
       comm_period=case.comm_period, rounds=case.rounds,
       batch_size=case.batch_size, failure_rate=0.0, failure_model="none",
       execution=case.execution, conv_impl=case.conv_impl,
-      seed_execution=case.seed_execution, train_eval_size=256, eval_batch_size=256)
+      seed_execution=case.seed_execution, train_eval_size=256,
+      eval_batch_size=256)
 
 
 def peak_memory() -> tuple[int | None, str]:

@@ -42,6 +42,18 @@ def choices() -> dict[str, tuple[str, ...]]:
           "conv_impl": CONV_IMPLS, "seed_execution": SEED_EXECUTIONS}
 
 
+class ConfigError(ValueError):
+  """A configuration value out of its allowed range; the message names it.
+
+  Attributes:
+    field: the offending field (also the experiment binaries' flag name).
+  """
+
+  def __init__(self, message: str, field: str | None = None):
+    super().__init__(message)
+    self.field = field
+
+
 def current_fields(d: dict[str, Any]) -> dict[str, Any]:
   """A copy of a stored config dict with fields renamed since put under
   their current names and values, so that it describes the same run:
@@ -56,18 +68,6 @@ def current_fields(d: dict[str, Any]) -> dict[str, Any]:
           f" contradicts seed_execution={d['seed_execution']!r}",
           "single_seed")
   return d
-
-
-class ConfigError(ValueError):
-  """A configuration value out of its allowed range; the message names it.
-
-  Attributes:
-    field: the offending field (also the experiment binaries' flag name).
-  """
-
-  def __init__(self, message: str, field: str | None = None):
-    super().__init__(message)
-    self.field = field
 
 
 def _check(cond: bool, field: str, allowed: str, value: Any) -> None:

@@ -477,23 +477,16 @@ def make_round(engine: Engine) -> Callable[..., tuple[SimState,
   return round_
 
 
-def seed_execution_mode(engine: Engine, num_seeds: int | None = None
-                        ) -> str:
+def seed_execution_mode(engine: Engine) -> str:
   """How a run's seeds are compiled, ``"vmap"`` or ``"map"``: the config's
   ``seed_execution`` with ``"auto"`` resolved (``"map"`` for a single seed
-  under the channel-first convolutions, which round differently anyway).
-
-  Args:
-    engine: the run's engine.
-    num_seeds: seeds in the run (default: the config's ``num_seeds``).
-  """
+  under the channel-first convolutions, which round differently anyway)."""
   mode = engine.config.seed_execution
   if mode == "auto":
-    if num_seeds is None:
-      num_seeds = engine.config.num_seeds
     channel_first = (getattr(engine.model, "conv_impl", None)
                      in models_lib.CHANNEL_FIRST_IMPLS)
-    mode = "map" if channel_first and num_seeds == 1 else "vmap"
+    mode = ("map" if channel_first and engine.config.num_seeds == 1
+            else "vmap")
   return mode
 
 
@@ -514,11 +507,10 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
     return constrain(state), metrics
 
   seeds_chunk = jax.vmap(chunk, in_axes=(0, 0, None))
+  if seed_execution_mode(engine) == "vmap":
+    return seeds_chunk
 
   def seeds(states, worker_idx, data):
-    num_seeds = worker_idx.shape[0]
-    if seed_execution_mode(engine, num_seeds) == "vmap":
-      return seeds_chunk(states, worker_idx, data)
     # Without the seed vmap: its axis (a unit one for a single seed) rides
     # on every matmul, and XLA's CPU backend then lays out the
     # convolutions' gradients with transposing copies (channel-first
@@ -527,7 +519,7 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
     # into a select. XLA then picks other matmul kernels, which round
     # differently: an option (``SimConfig.seed_execution``), the default
     # only with the formulation that already rounds differently (im2col_cf).
-    if num_seeds == 1:
+    if worker_idx.shape[0] == 1:
       one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
       state, metrics = chunk(one(states), worker_idx[0], data)
       return jax.tree_util.tree_map(lambda x: x[None], (state, metrics))
