@@ -166,6 +166,113 @@ def test_channel_first_patches_ones_row_is_a_last_row_of_ones(padding):
   chex.assert_trees_all_equal(with_ones[-1], jnp.ones(plain.shape[1]))
 
 
+def _one_concatenation_patches_nhwc(x, kernel_size, padding="VALID"):
+  """extract_patches as first written: all kh * kw windows in one
+  concatenation."""
+  kh, kw = kernel_size
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), ((kh - 1) // 2, kh // 2), ((kw - 1) // 2, kw // 2),
+                    (0, 0)))
+  h, w = x.shape[1], x.shape[2]
+  ho, wo = h - kh + 1, w - kw + 1
+  shifted = [x[:, i:i + ho, j:j + wo, :] for i in range(kh) for j in range(kw)]
+  return jnp.concatenate(shifted, axis=-1)
+
+
+def _one_concatenation_patches(x, kernel_size, padding="VALID",
+                               ones_row=False):
+  """extract_patches_channel_first as first written: all kh * kw windows
+  (and the ones) in one concatenation."""
+  kh, kw = kernel_size
+  if padding == "SAME":
+    x = jnp.pad(x, ((0, 0), (0, 0), ((kh - 1) // 2, kh // 2),
+                    ((kw - 1) // 2, kw // 2)))
+  c, _, h, w = x.shape
+  ho, wo = h - kh + 1, w - kw + 1
+  rows = [x[:, :, i:i + ho, j:j + wo] for i in range(kh) for j in range(kw)]
+  if ones_row:
+    rows.append(jnp.ones((1,) + rows[0].shape[1:], x.dtype))
+  return jnp.concatenate(rows).reshape(kh * kw * c + int(ones_row), -1)
+
+
+def _concatenate_widths(fn, *args):
+  """Operand counts of the concatenations in fn's StableHLO (fn jitted or
+  not)."""
+  text = (fn if hasattr(fn, "lower") else jax.jit(fn)).lower(*args).as_text()
+  return [line.count("%") - 1 for line in text.splitlines()
+          if "stablehlo.concatenate" in line]
+
+
+@pytest.mark.parametrize("kernel_size", [(5, 5), (3, 3)])
+@pytest.mark.parametrize("channel_first", [True, False])
+def test_patches_concatenate_at_most_8_operands(kernel_size, channel_first):
+  """XLA's CPU backend fuses a concatenation of at most 8 operands with its
+  slices and copies each window twice for a wider one; the patch matrix
+  must be built from such narrow concatenations (the first versions
+  concatenated all 25 or 9 windows, and the ones, at once)."""
+  if channel_first:
+    x = jnp.zeros((10, 4, 12, 12))
+    patches = functools.partial(models.extract_patches_channel_first,
+                                kernel_size=kernel_size, ones_row=True)
+    wide = functools.partial(_one_concatenation_patches,
+                             kernel_size=kernel_size, ones_row=True)
+  else:
+    # One channel, as the CNNs' first convolutions: under 128 features a
+    # patch, where the narrow form pays.
+    x = jnp.zeros((4, 12, 12, 1))
+    patches = functools.partial(models.extract_patches,
+                                kernel_size=kernel_size)
+    wide = functools.partial(_one_concatenation_patches_nhwc,
+                             kernel_size=kernel_size)
+  chex.assert_trees_all_equal(patches(x), wide(x))
+  widths = _concatenate_widths(patches, x)
+  assert widths and max(widths) <= 8, widths
+  assert max(_concatenate_widths(wide, x)) > 8  # The check can fail.
+
+
+@pytest.mark.parametrize("name", _CONV_MODELS)
+@pytest.mark.parametrize("impl", ["im2col", "im2col_cf"])
+def test_narrow_concatenations_keep_the_one_concatenation_bits(name, impl,
+                                                               monkeypatch):
+  """Building the patches in narrow concatenations changes no bit of the
+  loss, gradient or Hz of a compiled step: the same values reach the same
+  matmuls in the same layout."""
+  model = models.get_model(name, conv_impl=impl)
+  params = models.init_params(model, jax.random.key(0))
+  x = _images(jax.random.key(1), 8)
+  y = jnp.arange(8) % 10
+  z = jax.tree.map(lambda p: jnp.sign(jax.random.normal(
+      jax.random.key(2), p.shape)), params)
+
+  def compiled_step():
+    # A new function each time: jit would reuse the first trace of one.
+    def step(p):
+      def loss(q):
+        logits = model.apply({"params": q}, x, train=True,
+                             rngs={"dropout": jax.random.key(3)})
+        return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits),
+                                             y[:, None], 1))
+      grad = jax.grad(loss)
+      return loss(p), grad(p), jax.jvp(grad, (p,), (z,))[1]
+    return jax.jit(step)
+
+  narrow_step = compiled_step()
+  narrow = narrow_step(params)
+  narrow_widths = _concatenate_widths(narrow_step, params)
+  if impl == "im2col_cf":
+    monkeypatch.setattr(models, "extract_patches_channel_first",
+                        _one_concatenation_patches)
+  else:
+    monkeypatch.setattr(models, "extract_patches",
+                        _one_concatenation_patches_nhwc)
+  wide_step = compiled_step()
+  # The first convolution's patches, at least, are narrow in one program
+  # and wide in the other (im2col keeps the second's wide: see
+  # extract_patches).
+  assert narrow_widths != _concatenate_widths(wide_step, params)
+  chex.assert_trees_all_equal(narrow, wide_step(params))
+
+
 @pytest.mark.parametrize("name", _CONV_MODELS)
 def test_channel_first_model_matches_im2col(name):
   """Same parameters, images and dropout key: same logits, loss, gradient
