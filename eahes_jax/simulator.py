@@ -520,6 +520,8 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
     # differently: an option (``SimConfig.seed_execution``), the default
     # only with the formulation that already rounds differently (im2col_cf).
     if worker_idx.shape[0] == 1:
+      # One seed without a loop of one around it: the program runs of one
+      # seed have had since the option came (as `single_seed="plain"`).
       one = lambda tree: jax.tree_util.tree_map(lambda x: x[0], tree)
       state, metrics = chunk(one(states), worker_idx[0], data)
       return jax.tree_util.tree_map(lambda x: x[None], (state, metrics))

@@ -181,6 +181,13 @@ def test_mapped_single_seed_runs_as_the_seed_in_a_stack(
   assert _batched_dots(cfg, data) < _batched_dots(stack, data)
 
 
+def _branches(lowered) -> int:
+  """Branching operations in a lowered program (a lax.cond whose predicate
+  is not batched lowers to one; under vmap it becomes a select)."""
+  text = lowered.as_text()
+  return text.count("stablehlo.case") + text.count("stablehlo.if")
+
+
 def _local_steps_fn(config, data):
   sim = simulator.Simulation(config, data)
   state = sim.init_state()
@@ -205,19 +212,14 @@ def test_skipping_steps_keeps_every_bit_of_local_steps(model, method, data):
   for num_steps in range(crash.comm_period + 1):
     n = jax.numpy.int32(num_steps)
     chex.assert_trees_all_equal(skipping(*args, n), masking(*args, n))
-  def conds(fn):
-    text = fn.lower(*args, jax.numpy.int32(1)).as_text()
-    return text.count("stablehlo.case") + text.count("stablehlo.if")
-  assert conds(skipping) == 1
-  assert conds(masking) == 0
+  assert _branches(skipping.lower(*args, jax.numpy.int32(1))) == 1
+  assert _branches(masking.lower(*args, jax.numpy.int32(1))) == 0
 
 
 def _conditionals(config, data):
-  """Branching operations in one round's program (a lax.cond whose
-  predicate is not batched lowers to one; under vmap it becomes a select)."""
+  """Branching operations in one round's program."""
   sim = simulator.Simulation(config, data)
-  text = sim.lower_rounds(sim.init_state(), 1).as_text()
-  return text.count("stablehlo.case") + text.count("stablehlo.if")
+  return _branches(sim.lower_rounds(sim.init_state(), 1))
 
 
 @pytest.mark.parametrize("method,mode,straggler_rate,skips", [
