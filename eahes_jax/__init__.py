@@ -10,7 +10,8 @@ Worker Node Failure in Distributed Deep Learning". The flat public API:
 * engine: ``SimConfig``, ``Simulation``, ``run`` and, as pure functions,
   ``make_engine``/``make_round``/``make_chunk``; the methods
   (``registered_methods()``, ``PAPER_METHODS``, ``register_method``);
-* data and models: ``load_mnist``, ``overlap_partition``, ``get_model``.
+* data and models: ``load_mnist``, ``overlap_partition``, ``get_model``,
+  ``winograd_conv3x3``.
 """
 
 from eahes_jax.adahessian import adahessian
@@ -76,5 +77,6 @@ from eahes_jax.weighting import raw_score
 from eahes_jax.weighting import Weights
 from eahes_jax.weighting import WeightingInputs
 from eahes_jax.weighting import WeightingPolicy
+from eahes_jax.winograd import conv3x3 as winograd_conv3x3
 
 __version__ = "0.1.0"

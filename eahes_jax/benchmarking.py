@@ -66,6 +66,7 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import execution as execution_lib
 from eahes_jax import methods as methods_lib
+from eahes_jax import models as models_lib
 from eahes_jax import simulator
 
 # Method families and the paper method that stands for each: both use the
@@ -231,8 +232,8 @@ def flops_per_sample(sim: simulator.Simulation,
 
 
 def cpu_reference_flops_per_sample(case: Case,
-                                   data: data_lib.MNIST | None = None
-                                   ) -> float | None:
+                                   data: data_lib.MNIST | None = None,
+                                   direct: bool = False) -> float | None:
   """``flops_per_sample`` of a case's local step, counted on the CPU.
 
   On a GPU, XLA hands convolutions and matrix products to cuDNN and cuBLAS as
@@ -243,7 +244,9 @@ def cpu_reference_flops_per_sample(case: Case,
   model's and the method's, not the device's, so off the CPU they are read
   from the same method and model compiled for the host CPU: one worker,
   ``execution="map"``, im2col convolutions (plain dots, which the CPU's
-  analysis counts in full), one round. Nothing runs; only the compile.
+  analysis counts in full) unless the case's formulation does fewer FLOPs
+  (``models.FEWER_FLOPS_IMPLS``: winograd, kept), one round. Nothing runs;
+  only the compile.
 
   The figure is k = 1's (a CPU ``map`` chunk's own creeps up with k: see
   ``flops_per_sample``).
@@ -252,13 +255,19 @@ def cpu_reference_flops_per_sample(case: Case,
     case: the case whose FLOPs to count (its k, execution and rounds are
       replaced as above).
     data: the dataset; default ``synthetic_mnist()``.
+    direct: count a direct convolution's FLOPs (im2col's) whatever the
+      case's formulation: what a program of direct convolutions, such as
+      the PyTorch peer, does for the same step.
 
   Returns:
     FLOPs per training sample, or ``None`` where the analysis does not say.
   """
+  conv_impl = case.conv_impl
+  if case.model != "mlp" and (
+      direct or conv_impl not in models_lib.FEWER_FLOPS_IMPLS):
+    conv_impl = "im2col"
   reference = dataclasses.replace(
-      case, num_workers=1, execution="map", rounds=1,
-      conv_impl="im2col" if case.model != "mlp" else case.conv_impl)
+      case, num_workers=1, execution="map", rounds=1, conv_impl=conv_impl)
   try:
     # JAX_PLATFORMS=cuda, say, leaves no CPU backend: no figure, no crash.
     cpu = jax.devices("cpu")[0]
@@ -348,9 +357,11 @@ def add_peak_fractions(rows: list[dict[str, Any]], peak_gflops: float | None,
   """Adds achieved GFLOP/s and the fraction of the matmul peak to rows.
 
   For every key ``x`` of ``rate_keys`` (a samples/s column) that a row has,
-  with the row's ``flops_per_sample``: ``x`` with ``samples_per_s`` replaced
-  by ``achieved_gflops`` (samples/s × FLOPs per sample / 1e9) and by
-  ``peak_fraction`` (that over ``peak_gflops``).
+  with the row's FLOPs per sample (``x`` with ``samples_per_s`` replaced by
+  ``flops_per_sample`` where the row has that key, as the PyTorch peer's
+  ``torch_flops_per_sample``, else ``flops_per_sample``): ``x`` with
+  ``samples_per_s`` replaced by ``achieved_gflops`` (samples/s × FLOPs per
+  sample / 1e9) and by ``peak_fraction`` (that over ``peak_gflops``).
 
   Args:
     rows: benchmark rows (changed in place).
@@ -361,8 +372,9 @@ def add_peak_fractions(rows: list[dict[str, Any]], peak_gflops: float | None,
     The rows.
   """
   for row in rows:
-    flops = row.get("flops_per_sample")
     for key in rate_keys:
+      flops = row.get(key.replace("samples_per_s", "flops_per_sample"),
+                      row.get("flops_per_sample"))
       rate = row.get(key)
       achieved = key.replace("samples_per_s", "achieved_gflops")
       fraction = key.replace("samples_per_s", "peak_fraction")

@@ -154,12 +154,14 @@ class SimConfig:
       ``lax.map`` inside jit), ``"sharded"`` (over a device mesh) or
       ``"auto"`` (map on CPU, vmap on accelerators).
     conv_impl: convolution formulation of the CNNs (``models.CONV_IMPLS``:
-      ``"xla"``, ``"im2col"``, ``"im2col_lax"``, ``"im2col_cf"``) or
-      ``"auto"`` (im2col on CPU where it is faster, xla elsewhere).
-      ``"im2col_cf"`` (channel-first activations), with
+      ``"xla"``, ``"im2col"``, ``"im2col_lax"``, ``"im2col_cf"``,
+      ``"winograd"``) or ``"auto"`` (im2col on CPU where it is faster, xla
+      elsewhere). Two are faster on CPU but round differently, so
+      ``"auto"`` never picks them: ``"im2col_cf"`` (channel-first
+      activations), with
       ``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot``,
-      is faster on CPU for small_cnn (not alone, not for cnn) but rounds
-      differently, so ``"auto"`` never picks it.
+      for small_cnn; ``"winograd"`` (3 × 3 convolutions by Winograd's
+      F(4 × 4, 3 × 3), a quarter of the multiplications) for cnn.
     seed_execution: how a run's seeds are compiled: ``"vmap"``, all in one
       program vmapped over a leading seed axis (a single seed as a stack
       of one: the program of earlier versions, whose runs it reproduces bit
@@ -171,7 +173,8 @@ class SimConfig:
       Performance section. The matmuls round differently, so runs are not
       bit-identical to ``"vmap"``'s; a seed's run is the same under
       ``"map"`` alone or among others); ``"auto"``: ``"map"`` for a single
-      seed under ``im2col_cf`` (which rounds differently anyway), else
+      seed under ``im2col_cf`` or ``winograd`` (which round differently
+      anyway), else
       ``"vmap"``. No effect on the Ray runtime, which runs each worker
       apart. Called ``single_seed`` (``"plain"`` for ``"map"``) before;
       config files with that name still load.

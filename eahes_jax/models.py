@@ -20,9 +20,12 @@ adjacent elements of one row. Together with XLA's YNN fusions limited to the
 matmuls (``XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot``)
 it is faster on XLA's CPU backend for `SmallCNN` (not alone, and not for
 `CNN`), but it rounds differently, so it is an option, not the default
-(README, "The fast CPU option for small_cnn"). All implementations share
-the parameter tree (`nn.Conv`'s names, shapes and initialisers), so
-parameters move freely between them.
+(README, "The fast CPU option for small_cnn"). `conv_impl="winograd"` runs
+`CNN`'s 3 × 3 convolution on 32 channels by Winograd's minimal filtering
+(`winograd.conv3x3`), a quarter of the multiplications; it too rounds
+differently and is an option (README, "Winograd's 3 × 3 convolutions for
+cnn"). All implementations share the parameter tree (`nn.Conv`'s names,
+shapes and initialisers), so parameters move freely between them.
 """
 
 from collections.abc import Callable, Sequence
@@ -36,11 +39,18 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
+from eahes_jax import winograd
+
 NUM_CLASSES = 10
 INPUT_SHAPE = (28, 28, 1)
-CONV_IMPLS = ("xla", "im2col", "im2col_lax", "im2col_cf")
+CONV_IMPLS = ("xla", "im2col", "im2col_lax", "im2col_cf", "winograd")
 # Formulations whose activations are channel-first, (C, B, H, W).
 CHANNEL_FIRST_IMPLS = ("im2col_cf",)
+# Formulations that round differently from "xla" and "im2col" (the options
+# faster on some CPU setting, never a default).
+REROUNDING_IMPLS = ("im2col_cf", "winograd")
+# Formulations that do fewer FLOPs than a direct convolution (or im2col).
+FEWER_FLOPS_IMPLS = ("winograd",)
 
 # NHWC activations and HWIO kernels, as nn.Conv.
 _DIMENSION_NUMBERS = ("NHWC", "HWIO", "NHWC")
@@ -142,7 +152,7 @@ def _check_conv_impl(conv_impl: str) -> None:
 
 
 class Conv2D(nn.Module):
-  """Stride-1 2-D convolution with nn.Conv's parameters, four implementations.
+  """Stride-1 2-D convolution with nn.Conv's parameters, five implementations.
 
   Attributes:
     features: number of output channels.
@@ -155,7 +165,10 @@ class Conv2D(nn.Module):
       same with `lax.conv_general_dilated_patches` (slower on CPU);
       "im2col_cf" is "im2col" on channel-first activations: x of shape
       (C, B, H, W) in, (features, B, H', W') out
-      (`extract_patches_channel_first`).
+      (`extract_patches_channel_first`); "winograd" runs 3 × 3 kernels on
+      more than one input channel by Winograd's F(4 × 4, 3 × 3)
+      (`winograd.conv3x3`: a quarter of the multiplications, rounding
+      differently) and other convolutions as "im2col".
     precision: precision of the convolution / matmul.
     kernel_init: initialiser of the HWIO kernel (nn.Conv's default).
     bias_init: initialiser of the bias (nn.Conv's default).
@@ -209,7 +222,13 @@ class Conv2D(nn.Module):
       if self.padding == "VALID":
         h, wd = h - kh + 1, wd - kw + 1
       return y.reshape(self.features, b, h, wd)
-    elif self.impl == "im2col":
+    elif self.impl == "winograd" and (kh, kw) == (3, 3) and in_features > 1:
+      # One input channel (an image's first convolution) stays im2col: each
+      # of Winograd's 36 matmuls would contract that single channel, saving
+      # nothing, and its transforms cost more than a 9-column patch matrix
+      # (CNN's conv1: 45.6 against 51.2 ms an AdaHessian step).
+      y = winograd.conv3x3(x, kernel, self.padding, self.precision)
+    elif self.impl in ("im2col", "winograd"):
       patches = extract_patches(x, (kh, kw), self.padding)
       w = kernel.reshape(kh * kw * in_features, self.features)
       y = jnp.matmul(patches, w, precision=self.precision)
@@ -395,7 +414,8 @@ class _ConvNet(nn.Module):
   """What the CNNs share: the convolution formulation, checked once.
 
   Attributes:
-    conv_impl: "xla", "im2col", "im2col_lax" or "im2col_cf" (see `Conv2D`).
+    conv_impl: "xla", "im2col", "im2col_lax", "im2col_cf" or "winograd" (see
+      `Conv2D`).
   """
   conv_impl: str = "xla"
 

@@ -31,9 +31,12 @@ NVIDIA GPUs, PyTorch's cuDNN convolutions do too, and its cuBLAS matmuls do
 not (``torch.backends.cuda.matmul.allow_tf32``, recorded per row).
 
 Every row also carries the simulator's training FLOPs per sample
-(``benchmarking.flops_per_sample``) and, given the matmul peak measured in
-the same invocation, the fraction of that peak each program achieves (the
-same FLOPs per sample for both: they compute the same step).
+(``benchmarking.flops_per_sample``), the peer's, and, given the matmul peak
+measured in the same invocation, the fraction of that peak each program
+achieves. The two count the same FLOPs (they compute the same step) except
+under ``conv_impl="winograd"``, whose 3 × 3 convolutions do fewer: the peer's
+direct convolutions are then counted as ``im2col``'s
+(``benchmarking.cpu_reference_flops_per_sample``).
 
 PyTorch is imported here only inside ``measure_pair``: this module imports
 without it.
@@ -55,6 +58,7 @@ from eahes_jax import benchmarking
 from eahes_jax import checks
 from eahes_jax import data as data_lib
 from eahes_jax import methods as methods_lib
+from eahes_jax import models
 from eahes_jax import simulator
 
 PEERS = ("torch",)
@@ -119,6 +123,8 @@ def measure_pair(case: benchmarking.Case,
     resolved strategy), ``load_average_start``, ``samples_per_s``,
     ``steady_s``, ``steady_all_s``, ``first_call_s``, ``compile_s``,
     ``program_bytes`` and ``flops_per_sample`` for the simulator;
+    ``torch_flops_per_sample`` (the simulator's, or under a formulation that
+    does fewer FLOPs, ``models.FEWER_FLOPS_IMPLS``, a direct convolution's),
     ``torch_samples_per_s``, ``torch_steady_s``, ``torch_steady_all_s``,
     ``torch_first_call_s``, ``torch_threads``, ``torch_version``,
     ``torch_mkldnn``, ``torch_device`` and ``torch_tf32_matmul`` for the
@@ -167,6 +173,11 @@ def measure_pair(case: benchmarking.Case,
     torch_s.append(timed(run_peer))
   steady, torch_steady = statistics.median(sim_s), statistics.median(torch_s)
   samples = case.num_workers * case.comm_period * case.batch_size * case.rounds
+  analysis = benchmarking.case_analysis(case, sim, state, data)
+  torch_flops = analysis["flops_per_sample"]
+  if getattr(sim.model, "conv_impl", None) in models.FEWER_FLOPS_IMPLS:
+    torch_flops = benchmarking.cpu_reference_flops_per_sample(
+        case, data, direct=True)
   return {
       **dataclasses.asdict(case),
       "method": case.method,
@@ -178,7 +189,8 @@ def measure_pair(case: benchmarking.Case,
       "steady_s": steady,
       "steady_all_s": sim_s,
       "samples_per_s": samples / steady,
-      **benchmarking.case_analysis(case, sim, state, data),
+      **analysis,
+      "torch_flops_per_sample": torch_flops,
       "torch_first_call_s": torch_first,
       "torch_steady_s": torch_steady,
       "torch_steady_all_s": torch_s,
@@ -345,6 +357,14 @@ def format_table(result: dict[str, Any]) -> str:
     lines.append(f"simulator conv_impl: {', '.join(conv)}"
                  + (f"; seed_execution: {', '.join(seeds)}" if seeds
                     else ""))
+  direct = [f"{r['model']} {r['method']} k={r['num_workers']}"
+            f" {r['torch_flops_per_sample'] / 1e6:.2f}"
+            for r in result["rows"]
+            if r.get("torch_flops_per_sample") not in (
+                None, r.get("flops_per_sample"))]
+  if direct:
+    lines.append("torch %pk from a direct convolution's MFLOP/smp (the"
+                 " simulator's do fewer): " + "; ".join(direct))
   if devices:
     lines.append(f"PyTorch on {', '.join(devices)}")
   r = next((r for r in result["rows"] if "torch_version" in r), None)

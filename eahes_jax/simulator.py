@@ -480,12 +480,13 @@ def make_round(engine: Engine) -> Callable[..., tuple[SimState,
 def seed_execution_mode(engine: Engine) -> str:
   """How a run's seeds are compiled, ``"vmap"`` or ``"map"``: the config's
   ``seed_execution`` with ``"auto"`` resolved (``"map"`` for a single seed
-  under the channel-first convolutions, which round differently anyway)."""
+  under the convolutions that round differently anyway, im2col_cf and
+  winograd)."""
   mode = engine.config.seed_execution
   if mode == "auto":
-    channel_first = (getattr(engine.model, "conv_impl", None)
-                     in models_lib.CHANNEL_FIRST_IMPLS)
-    mode = ("map" if channel_first and engine.config.num_seeds == 1
+    rerounding = (getattr(engine.model, "conv_impl", None)
+                  in models_lib.REROUNDING_IMPLS)
+    mode = ("map" if rerounding and engine.config.num_seeds == 1
             else "vmap")
   return mode
 
@@ -518,7 +519,8 @@ def make_chunk(engine: Engine, length: int) -> Callable[..., Any]:
     # batched predicate would turn the skipping of uncomputed local steps
     # into a select. XLA then picks other matmul kernels, which round
     # differently: an option (``SimConfig.seed_execution``), the default
-    # only with the formulation that already rounds differently (im2col_cf).
+    # only with the formulations that already round differently (im2col_cf,
+    # winograd).
     if worker_idx.shape[0] == 1:
       # One seed without a loop of one around it: the program runs of one
       # seed have had since the option came (as `single_seed="plain"`).

@@ -62,6 +62,11 @@ convolutions and XLA's YNN library left to the matmuls,
   XLA_FLAGS=--xla_cpu_experimental_ynn_fusion_type=individual_dot \
       python -m experiments.benchmark --peer=torch --models=small_cnn \
       --workers=1,8,32 --conv_impl=im2col_cf --processes=3
+
+and for cnn, Winograd's 3 × 3 convolutions (no flag):
+
+  python -m experiments.benchmark --peer=torch --models=cnn \
+      --workers=1,8,32 --conv_impl=winograd --processes=3
 """
 
 import json
@@ -177,7 +182,8 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     list(config_lib.SEED_EXECUTIONS),
                     "How the simulator compiles its one seed: vmap (a stack"
                     " of one), map (without the seeds' vmap: faster on CPU,"
-                    " rounds differently) or auto (map under im2col_cf).",
+                    " rounds differently) or auto (map under im2col_cf and"
+                    " winograd).",
                     flag_values=fv)
   flags.DEFINE_bool("isolate", True,
                     "Run each model × execution × k in a fresh process (peak"

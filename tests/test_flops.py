@@ -91,6 +91,18 @@ def test_peak_fractions_are_achieved_flops_over_the_peak():
   assert rows[1]["peak_fraction"] is None
 
 
+def test_a_rate_takes_its_own_flops_where_the_row_has_them():
+  """The PyTorch peer's direct convolutions do more FLOPs than winograd's:
+  its share of the peak is of its own count, the simulator's of its own."""
+  rows = [{"flops_per_sample": 1e6, "torch_flops_per_sample": 3e6,
+           "samples_per_s": 500.0, "torch_samples_per_s": 250.0}]
+  benchmarking.add_peak_fractions(rows, 4.0,
+                                  ("samples_per_s", "torch_samples_per_s"))
+  assert rows[0]["achieved_gflops"] == pytest.approx(0.5)
+  assert rows[0]["torch_achieved_gflops"] == pytest.approx(0.75)
+  assert rows[0]["torch_peak_fraction"] == pytest.approx(0.1875)
+
+
 def _case(model, k, execution, conv_impl="auto"):
   return benchmarking.Case(family="sgd", model=model, execution=execution,
                            num_workers=k, rounds=1, repeats=1,
@@ -127,6 +139,21 @@ def test_the_cpu_reference_counts_what_the_cpu_chunk_counts(
   assert (config.num_workers, config.execution) == (1, "map")
   if model == "small_cnn":
     assert config.conv_impl == "im2col"
+
+
+def test_the_cpu_reference_keeps_winograd_unless_asked_for_direct_flops():
+  """Off the CPU a winograd row's FLOPs are winograd's own (a direct count
+  would overstate its share of the peak); the PyTorch peer's are a direct
+  convolution's."""
+  case = _case("cnn", 2, "vmap", "winograd")
+  data = tiny_mnist()
+  own = benchmarking.cpu_reference_flops_per_sample(case, data)
+  direct = benchmarking.cpu_reference_flops_per_sample(case, data,
+                                                       direct=True)
+  im2col = benchmarking.cpu_reference_flops_per_sample(
+      _case("cnn", 2, "vmap", "im2col"), data)
+  assert direct == im2col
+  assert 0 < own < direct / 2  # conv2, ~86 % of the step, at about a third.
 
 
 def test_the_cpu_reference_says_none_where_there_is_no_cpu_backend(

@@ -10,10 +10,11 @@ from jax import lax
 import numpy as np
 import pytest
 
+from eahes_jax import data
 from eahes_jax import models
 
 _CONV_MODELS = ("small_cnn", "cnn")
-_IMPLS = ("im2col", "im2col_lax", "im2col_cf")
+_IMPLS = ("im2col", "im2col_lax", "im2col_cf", "winograd")
 
 
 def _images(key, batch):
@@ -90,7 +91,7 @@ def test_get_model_rejects_unknown_name():
 @pytest.mark.parametrize("name", _CONV_MODELS)
 def test_rejects_unknown_conv_impl(name):
   with pytest.raises(ValueError, match="conv_impl"):
-    models.get_model(name, conv_impl="winograd")
+    models.get_model(name, conv_impl="fft")
 
 
 def test_mlp_rejects_empty_hidden_layer():
@@ -104,7 +105,8 @@ def test_conv2d_rejects_bad_padding():
 
 
 @pytest.mark.parametrize("kernel_size, padding", [
-    ((5, 5), "VALID"), ((3, 2), "VALID"), ((4, 3), "SAME")])
+    ((5, 5), "VALID"), ((3, 2), "VALID"), ((4, 3), "SAME"),
+    ((3, 3), "VALID"), ((3, 3), "SAME")])  # 3 × 3: winograd's own path.
 def test_conv2d_matches_nn_conv(kernel_size, padding):
   x = jax.random.normal(jax.random.key(0), (2, 9, 8, 3))
   ref = nn.Conv(5, kernel_size, padding=padding)
@@ -281,17 +283,51 @@ def test_narrow_concatenations_keep_the_one_concatenation_bits(name, impl,
   chex.assert_trees_all_equal(narrow_step(params, x), wide_step(params, x))
 
 
+@pytest.mark.parametrize("in_features, same_bits", [(1, True), (2, False)])
+def test_winograd_conv2d_leaves_one_channel_inputs_to_im2col(in_features,
+                                                             same_bits):
+  """An image's first convolution (one channel) runs as im2col, bit for bit;
+  from two channels on, Winograd's (other) rounding shows."""
+  x = jax.random.normal(jax.random.key(0), (2, 10, 10, in_features))
+  outputs = []
+  for impl in ("im2col", "winograd"):
+    conv = models.Conv2D(8, (3, 3), impl=impl)
+    params = conv.init(jax.random.key(1), x)
+    outputs.append(conv.apply(params, x))
+  assert np.array_equal(outputs[0], outputs[1]) == same_bits
+  chex.assert_trees_all_close(outputs[1], outputs[0], rtol=1e-5, atol=1e-5)
+
+
+def test_winograd_small_cnn_is_im2col_bit_for_bit():
+  """small_cnn's kernels are 5 × 5: under "winograd" it is "im2col"."""
+  x = _images(jax.random.key(1), 4)
+  logits = []
+  for impl in ("im2col", "winograd"):
+    model = models.get_model("small_cnn", conv_impl=impl)
+    params = models.init_params(model, jax.random.key(0))
+    logits.append(jax.jit(lambda p, x, m=model: m.apply({"params": p}, x))(
+        params, x))
+  chex.assert_trees_all_equal(logits[0], logits[1])
+
+
+@pytest.mark.parametrize("impl", ["im2col_cf", "winograd"])
 @pytest.mark.parametrize("name", _CONV_MODELS)
-def test_channel_first_model_matches_im2col(name):
+def test_rerounding_model_matches_im2col(name, impl):
   """Same parameters, images and dropout key: same logits, loss, gradient
   and Hutchinson Hz up to float32 rounding (the formulations round
-  differently, which is why im2col_cf is an option)."""
+  differently, which is why im2col_cf and winograd are options)."""
   nhwc = models.get_model(name, conv_impl="im2col")
-  cf = models.get_model(name, conv_impl="im2col_cf")
+  cf = models.get_model(name, conv_impl=impl)
   params = models.init_params(nhwc, jax.random.key(0))
   # Real-looking digits: a zero border, so pooling windows tie.
   x = jnp.zeros((6, 28, 28, 1)).at[:, 6:22, 6:22].set(
       jax.random.uniform(jax.random.key(1), (6, 16, 16, 1)))
+  if impl == "winograd":
+    # As load_mnist gives them, normalised: Winograd's outputs over an
+    # all-zero window are rounding noise, not zeros (the winograd module),
+    # so at the zero-initialised biases' ReLU kink the raw digits' zero
+    # border sends conv2's bias another (equally valid) subgradient.
+    x = data.normalize_images(np.asarray(x) * 255)
   y = jnp.arange(6) % 10
   z = jax.tree.map(lambda p: jnp.sign(jax.random.normal(
       jax.random.key(2), p.shape)), params)

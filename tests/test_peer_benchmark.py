@@ -110,6 +110,8 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
                  "flops_per_sample", "peak_fraction", "torch_peak_fraction",
                  "achieved_gflops", "torch_achieved_gflops"):
       assert math.isfinite(r[name]) and r[name] > 0, (name, r)
+    # im2col: the peer's convolutions do the simulator's FLOPs.
+    assert r["torch_flops_per_sample"] == r["flops_per_sample"]
     assert r["compile_s"] >= 0 and len(r["load_average_start"]) == 3
     assert r["torch_threads"] == len(os.sched_getaffinity(0))
     # JAX computes on the CPU here, so the peer does too.
@@ -130,6 +132,24 @@ def test_peer_smoke_prints_rows_with_rates_and_a_ratio(tmp_path, capsys):
                and line.endswith(f"{max(r['ratio_all']):.2f} over 2"
                                  " processes")
                for line in printed.splitlines()), printed
+
+
+@needs_torch
+def test_the_peer_counts_a_direct_convolution_under_winograd():
+  """Winograd does fewer FLOPs than PyTorch's convolutions: the peer's
+  share of the peak is of im2col's count, and the table says so."""
+  case = benchmarking.Case(family="sgd", model="cnn", execution="map",
+                           num_workers=1, rounds=1, repeats=1, batch_size=8,
+                           conv_impl="winograd")
+  row = peer_benchmark.measure_pair(case)
+  direct = benchmarking.cpu_reference_flops_per_sample(case, direct=True)
+  assert row["torch_flops_per_sample"] == pytest.approx(direct)
+  # cnn's second convolution, ~86 % of a step, at about a third.
+  assert row["torch_flops_per_sample"] > 2 * row["flops_per_sample"]
+  table = peer_benchmark.format_table(
+      {"environment": benchmarking.environment(), "rows": [row]})
+  assert ("torch %pk from a direct convolution's MFLOP/smp (the simulator's"
+          f" do fewer): cnn EASGD k=1 {direct / 1e6:.2f}") in table
 
 
 def test_median_row_keeps_one_measurement_together():

@@ -277,6 +277,8 @@ def test_vmap_single_seed_compiles_as_a_stack_of_one(
     # no convolutions, so im2col_cf leaves its runs as they were.
     ("mlp", "im2col_cf", "auto", 1, "vmap"),
     ("small_cnn", "im2col_cf", "vmap", 1, "vmap"),
+    ("cnn", "winograd", "auto", 1, "map"),
+    ("cnn", "winograd", "auto", 2, "vmap"),
     ("mlp", "auto", "map", 1, "map"),
     ("mlp", "auto", "map", 3, "map"),
 ])
