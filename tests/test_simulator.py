@@ -2,6 +2,7 @@
 
 import chex
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -402,3 +403,42 @@ def test_lower_rounds_is_the_chunk_run_rounds_runs(data):
   _, out = compiled(sim.init_state(), sim.worker_idx, sim.data)
   chex.assert_trees_all_equal(jax.tree_util.tree_map(np.asarray, out),
                               expected)
+
+
+@pytest.mark.parametrize("bit", [0, 1])  # The loop runs not at all, or once.
+def test_written_once_keeps_every_value(bit):
+  tree = {"a": jnp.array([1.5, -0.0, jnp.nan, jnp.inf]),
+          "b": jnp.arange(6.0).reshape(2, 3)}
+  key = jnp.array([0, bit], jnp.uint32)
+  chex.assert_trees_all_equal(
+      jax.jit(simulator._written_once)(tree, key), tree)
+  # Under a vmap the loop's predicate is batched: still every value kept.
+  keys = jnp.array([[bit, 0], [1 - bit, 0]], jnp.uint32)
+  stacked = jax.tree_util.tree_map(lambda x: jnp.stack([x, 2 * x]), tree)
+  chex.assert_trees_all_equal(
+      jax.jit(jax.vmap(simulator._written_once))(stacked, keys), stacked)
+  typed = jax.random.wrap_key_data(key)
+  chex.assert_trees_all_equal(simulator._written_once(tree, typed), tree)
+
+
+@pytest.mark.parametrize("model,execution,num_seeds", [
+    ("mlp", "map", 1), ("mlp", "vmap", 2), ("small_cnn", "map", 1)])
+def test_writing_hz_once_changes_no_bit_of_a_run(model, execution, num_seeds,
+                                                 data, monkeypatch):
+  """Hz through `_written_once` (in the program: one more loop) and Hz used
+  where it is computed give the same run, bit for bit."""
+  cfg = BASE.replace(method="DEAHES-O", model=model, execution=execution,
+                     num_seeds=num_seeds, rounds=2, eval_every=2)
+
+  def run_and_loops():
+    sim = simulator.Simulation(cfg, data)
+    loops = sim.lower_rounds(sim.init_state(), 1).as_text().count(
+        "stablehlo.while")
+    return simulator.run(cfg, data), loops
+
+  once, loops_once = run_and_loops()
+  monkeypatch.setattr(simulator, "_written_once", lambda tree, key: tree)
+  direct, loops_direct = run_and_loops()
+  assert loops_once == loops_direct + 1
+  chex.assert_trees_all_equal((once.metrics, once.evals),
+                              (direct.metrics, direct.evals))
