@@ -235,13 +235,14 @@ def _written_once(tree: Any, key: chex.PRNGKey) -> Any:
   non-finite check, AdaHessian's update and the write into the workers'
   stacked optimizer state each read it with a stride (`cnn`'s fc1: 3-6 ms
   apiece, ~14 of a 63-75 ms worker-step under conv_impl="winograd").
-  ``lax.optimization_barrier`` would say "write it once", but this backend
-  expands barriers before it fuses. A while loop's carry is a buffer: this
+  ``lax.optimization_barrier`` would say "write it once", but on this
+  backend a barrier on the diagonal left the three fusions as they were
+  (XLA's trace). A while loop's carry is a buffer: this
   loop runs once or not at all (a bit of key decides, which XLA cannot
   see), and its body passes every value through a select that keeps it, so
   the values are the same bits (tested) and the consumers read one copy.
-  Measured with 8 workers, k = 8 rounds in a script around
-  ``Simulation.run_rounds``, 2-3 alternating pairs: cnn AdaHessian
+  Measured with k = 8 in a script around ``Simulation.run_rounds``, 2-3
+  alternating pairs of fresh processes: cnn AdaHessian
   59.9-63.8 -> 55.2-59.4 ms a worker-step under winograd, 101.5-102.3 ->
   97.0-97.5 with the defaults; small_cnn 6.90-7.17 -> 6.67-6.79.
   """
