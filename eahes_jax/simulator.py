@@ -237,10 +237,10 @@ def _written_once(tree: Any, key: chex.PRNGKey) -> Any:
   apiece, ~14 of a 63-75 ms worker-step under conv_impl="winograd").
   ``lax.optimization_barrier`` would say "write it once", but on this
   backend a barrier on the diagonal left the three fusions as they were
-  (XLA's trace). A while loop's carry is a buffer: this
-  loop runs once or not at all (a bit of key decides, which XLA cannot
-  see), and its body passes every value through a select that keeps it, so
-  the values are the same bits (tested) and the consumers read one copy.
+  (XLA's trace). A while loop's carry is a buffer: this loop runs once or
+  not at all (a bit of key decides, which XLA cannot see), and its body
+  passes every value through a select that keeps it, so the values are the
+  same bits (tested) and the consumers read one copy.
   Measured with k = 8 in a script around ``Simulation.run_rounds``, 2-3
   alternating pairs of fresh processes: cnn AdaHessian
   59.9-63.8 -> 55.2-59.4 ms a worker-step under winograd, 101.5-102.3 ->
@@ -404,8 +404,8 @@ def make_local_steps(engine: Engine) -> Callable[..., Any]:
       failure_model=cfg.failure_model, failure_rate=cfg.failure_rate,
       failure_mode=cfg.failure_mode, straggler_rate=cfg.straggler_rate,
       straggler_slowdown=cfg.straggler_slowdown, comm_period=cfg.comm_period)
-  # Where it was measured (see `_written_once`); elsewhere the loop would be
-  # a copy and, on a GPU, a predicate read back every step.
+  # Only where it was measured (see `_written_once`): elsewhere the loop is
+  # an untested cost (a copy, and on a GPU a loop predicate every step).
   write_hz_once = jax.default_backend() == "cpu"
 
   def local_steps(params, opt_state, key, worker_idx, num_steps, data):
