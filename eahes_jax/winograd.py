@@ -77,8 +77,11 @@ def _combine(matrix: np.ndarray,
     for coefficient, part in zip(row, parts):
       if coefficient == 0:
         continue
-      term = {1.0: part, -1.0: -part}.get(float(coefficient))
-      if term is None:
+      if coefficient == 1:
+        term = part
+      elif coefficient == -1:
+        term = -part
+      else:
         term = part * float(coefficient)  # A Python float keeps the dtype.
       total = term if total is None else total + term
     out.append(total)

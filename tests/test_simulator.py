@@ -409,7 +409,7 @@ def test_lower_rounds_is_the_chunk_run_rounds_runs(data):
 def test_written_once_keeps_every_value(bit):
   tree = {"a": jnp.array([1.5, -0.0, jnp.nan, jnp.inf]),
           "b": jnp.arange(6.0).reshape(2, 3)}
-  key = jnp.array([0, bit], jnp.uint32)
+  key = jnp.array([bit, 0], jnp.uint32)  # Its first word's low bit decides.
   chex.assert_trees_all_equal(
       jax.jit(simulator._written_once)(tree, key), tree)
   # Under a vmap the loop's predicate is batched: still every value kept.
