@@ -4,6 +4,7 @@ A reimplementation of Xu & Carr, "A Dynamic Weighting Strategy to Mitigate
 Worker Node Failure in Distributed Deep Learning". The flat public API:
 
 * second order: ``hutchinson_diag``, ``adahessian``, ``scale_by_adahessian``;
+  a minibatch's terms in parts: ``mean_over_micro_batches``;
 * distributed core: ``exchange``, ``log_distance``, the weighting policies
   ``fixed_weighting``, ``oracle_weighting``, ``dynamic_weighting`` with
   ``h1``/``h2``/``raw_score``, and the failure models;
@@ -43,6 +44,7 @@ from eahes_jax.methods import Method
 from eahes_jax.methods import methods as registered_methods
 from eahes_jax.methods import PAPER_METHODS
 from eahes_jax.methods import register_method
+from eahes_jax.microbatch import mean_over_micro_batches
 from eahes_jax.models import CNN
 from eahes_jax.models import Conv2D
 from eahes_jax.models import get_model

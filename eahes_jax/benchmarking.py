@@ -97,6 +97,8 @@ class Case:
     conv_impl: the CNNs' convolution formulation (``"auto"``: im2col on CPU).
     seed_execution: how the case's one seed is compiled (``SimConfig``'s
       field: ``"vmap"``, ``"map"`` or ``"auto"``).
+    micro_batches: the parts each local step's minibatch is computed in
+      (``SimConfig``'s field; 1: at once).
   """
 
   family: str
@@ -109,6 +111,7 @@ class Case:
   repeats: int = 3
   conv_impl: str = "auto"
   seed_execution: str = "auto"
+  micro_batches: int = 1
 
   @property
   def method(self) -> str:
@@ -140,7 +143,8 @@ def case_config(case: Case) -> config_lib.SimConfig:
       comm_period=case.comm_period, rounds=case.rounds,
       batch_size=case.batch_size, failure_rate=0.0, failure_model="none",
       execution=case.execution, conv_impl=case.conv_impl,
-      seed_execution=case.seed_execution, train_eval_size=256,
+      seed_execution=case.seed_execution, micro_batches=case.micro_batches,
+      train_eval_size=256,
       eval_batch_size=256)
 
 
@@ -266,8 +270,11 @@ def cpu_reference_flops_per_sample(case: Case,
   if case.model != "mlp" and (
       direct or conv_impl not in models_lib.FEWER_FLOPS_IMPLS):
     conv_impl = "im2col"
+  # Micro-batches are the same work, but XLA's cost analysis counts a scan's
+  # body once: the reference computes the minibatch at once.
   reference = dataclasses.replace(
-      case, num_workers=1, execution="map", rounds=1, conv_impl=conv_impl)
+      case, num_workers=1, execution="map", rounds=1, conv_impl=conv_impl,
+      micro_batches=1)
   try:
     # JAX_PLATFORMS=cuda, say, leaves no CPU backend: no figure, no crash.
     cpu = jax.devices("cpu")[0]
@@ -503,7 +510,7 @@ def add_step_cost_ratios(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
   def match_key(r):
     return (r["model"], r["execution"], r["num_workers"], r["comm_period"],
             r["batch_size"], r.get("conv_impl_resolved"),
-            r.get("seed_execution_resolved"))
+            r.get("seed_execution_resolved"), r.get("micro_batches", 1))
 
   by_family: dict[str, dict[Any, dict[str, Any]]] = {}
   for r in rows:
@@ -829,9 +836,11 @@ def format_table(result: dict[str, Any]) -> str:
   lines.append(format_environment(result["environment"]))
   # What else makes a row another program (as XLA_FLAGS above does).
   programs = sorted({(r.get("conv_impl_resolved") or "-",
-                      r.get("seed_execution_resolved") or "-")
+                      r.get("seed_execution_resolved") or "-",
+                      r.get("micro_batches", 1))
                      for r in result["rows"] if "error" not in r})
   if programs:
-    lines.append("simulator conv_impl, seed_execution: " + "; ".join(
-        f"{conv}, {seeds}" for conv, seeds in programs))
+    lines.append("simulator conv_impl, seed_execution, micro_batches: "
+                 + "; ".join(f"{conv}, {seeds}, {parts}"
+                             for conv, seeds, parts in programs))
   return "\n".join(lines)

@@ -11,6 +11,7 @@ from eahes_jax import checks
 from eahes_jax import elastic
 from eahes_jax import execution
 from eahes_jax import failures
+from eahes_jax import microbatch
 from eahes_jax import methods as methods_lib
 from eahes_jax import models
 from eahes_jax import weighting
@@ -115,6 +116,14 @@ class SimConfig:
     comm_period: τ, local steps per communication round, >= 1.
     rounds: communication rounds to run, >= 0.
     batch_size: minibatch size per worker and local step.
+    micro_batches: m, the parts each local step's minibatch is computed in,
+      one after another, their loss, gradient and Hutchinson estimate (one
+      probe for all) averaged (``microbatch.mean_over_micro_batches``): the
+      same step, rounded differently and with each part's own dropout
+      masks. A CPU speed option: activations m times smaller stay in the
+      caches (``cnn`` under ``conv_impl="winograd"``: m = 2 is the fastest,
+      README, Performance). 1 (the default) computes the minibatch at once;
+      m must divide ``batch_size``.
     lr: local learning rate η (unset: ``DEFAULT_LR``, 0.01, the paper's).
     momentum: Nesterov momentum δ of EAMSGD (the paper: 0.5).
     alpha: the elastic moving rate α (the paper: 0.1), in (0, 1].
@@ -188,6 +197,7 @@ class SimConfig:
   comm_period: int = 1
   rounds: int = 200
   batch_size: int = 64
+  micro_batches: int = 1
   # The local step.
   lr: float | None = None
   momentum: float = 0.5
@@ -248,6 +258,8 @@ class SimConfig:
         # one overflows there (a traceback from JAX, or a schedule too long
         # to build) instead of being refused here.
         _ask(lambda v=value, n=name, lo=low: checks.count(v, n, lo), {})
+    _ask(lambda: microbatch.check_micro_batches(self.micro_batches,
+                                                self.batch_size), {})
     # Seeds become uint32 PRNG seeds: a larger one would alias a smaller one.
     _check(self.seed + self.num_seeds - 1 < 2**32, "seed",
            f"an integer with seed + num_seeds - 1 < 2**32 (num_seeds"

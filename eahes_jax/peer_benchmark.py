@@ -353,10 +353,14 @@ def format_table(result: dict[str, Any]) -> str:
   conv = sorted({r["conv_impl"] for r in result["rows"] if "conv_impl" in r})
   seeds = sorted({r["seed_execution_resolved"] for r in result["rows"]
                   if "seed_execution_resolved" in r})
+  parts = sorted({r.get("micro_batches", 1) for r in result["rows"]
+                  if "conv_impl" in r})
   if conv:
     lines.append(f"simulator conv_impl: {', '.join(conv)}"
                  + (f"; seed_execution: {', '.join(seeds)}" if seeds
-                    else ""))
+                    else "")
+                 + (f"; micro_batches: {', '.join(map(str, parts))}"
+                    if parts != [1] else ""))
   direct = [f"{r['model']} {r['method']} k={r['num_workers']}"
             f" {r['torch_flops_per_sample'] / 1e6:.2f}"
             for r in result["rows"]

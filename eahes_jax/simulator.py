@@ -45,6 +45,7 @@ from eahes_jax import elastic
 from eahes_jax import execution as execution_lib
 from eahes_jax import failures as failures_lib
 from eahes_jax import hessian
+from eahes_jax import microbatch
 from eahes_jax import models as models_lib
 from eahes_jax import partition
 from eahes_jax import weighting
@@ -422,21 +423,37 @@ def make_local_steps(engine: Engine) -> Callable[..., Any]:
         rows = worker_idx[pick]
         x, y = data.train_x[rows], data.train_y[rows]
 
-        def loss_fn(p):
-          logits = model.apply({"params": p}, x, train=True,
-                               rngs={"dropout": dropout_key})
-          return cross_entropy(logits, y)
+        def terms(batch, dropout_key):
+          # The minibatch's (or a micro-batch's) loss, gradient and, for
+          # AdaHessian, Hutchinson's estimate: means over its rows.
+          x, y = batch
 
+          def loss_fn(p):
+            logits = model.apply({"params": p}, x, train=True,
+                                 rngs={"dropout": dropout_key})
+            return cross_entropy(logits, y)
+
+          if engine.second_order:
+            # One probe key for every micro-batch: the same z throughout.
+            return hessian.hutchinson_diag(
+                loss_fn, params, probe_key, num_samples=cfg.hessian_samples)
+          return jax.value_and_grad(loss_fn)(params)
+
+        if cfg.micro_batches == 1:
+          out = terms((x, y), dropout_key)
+        else:
+          out = microbatch.mean_over_micro_batches(
+              terms, (x, y), cfg.micro_batches,
+              jax.random.split(dropout_key, cfg.micro_batches))
         if engine.second_order:
-          loss, grads, hdiag = hessian.hutchinson_diag(
-              loss_fn, params, probe_key, num_samples=cfg.hessian_samples)
+          loss, grads, hdiag = out
           if write_hz_once:
             hdiag = _written_once(hdiag, probe_key)
           updates, new_opt = optimizer.update(
               grads, opt_state, params, hessian_diag=hdiag)
           hess_ok = _all_finite(hdiag)
         else:
-          loss, grads = jax.value_and_grad(loss_fn)(params)
+          loss, grads = out
           updates, new_opt = optimizer.update(grads, opt_state, params)
           hess_ok = jnp.bool_(True)
         new_params = optax.apply_updates(params, updates)

@@ -112,7 +112,7 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
         fv.methods, s["models"], s["executions"], s["workers"],
         comm_period=fv.comm_period, batch_size=s["batch_size"],
         rounds=s["rounds"], repeats=s["repeats"], conv_impl=fv.conv_impl,
-        seed_execution=fv.seed_execution)
+        seed_execution=fv.seed_execution, micro_batches=fv.micro_batches)
   for name in ("methods", "models", "executions", "workers"):
     if not fv[name].value:  # An empty list would benchmark nothing.
       raise config_lib.ConfigError(f"{name} must not be empty", name)
@@ -134,7 +134,8 @@ def cases_from_flags(fv: flags.FlagValues) -> list[benchmarking.Case]:
         cli.parse_numbers(workers, "workers", int),
         skip=skip, comm_period=fv.comm_period, batch_size=fv.batch_size,
         rounds=fv.rounds or DEFAULT_ROUNDS[model], repeats=fv.repeats,
-        conv_impl=fv.conv_impl, seed_execution=fv.seed_execution)
+        conv_impl=fv.conv_impl, seed_execution=fv.seed_execution,
+        micro_batches=fv.micro_batches)
   return cases
 
 
@@ -185,6 +186,11 @@ def define_flags(flag_values: flags.FlagValues = flags.FLAGS) -> None:
                     " rounds differently) or auto (map under im2col_cf and"
                     " winograd).",
                     flag_values=fv)
+  flags.DEFINE_integer("micro_batches", 1,
+                       "Parts each local step's minibatch is computed in, one"
+                       " after another (1: at once; 2 is the fastest for cnn"
+                       " under winograd on CPU; rounds differently).",
+                       flag_values=fv)
   flags.DEFINE_bool("isolate", True,
                     "Run each model × execution × k in a fresh process (peak"
                     " memory per group; compiled programs do not pile up).",
