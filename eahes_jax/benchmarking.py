@@ -319,10 +319,13 @@ def case_analysis(case: Case, sim: simulator.Simulation,
   elsewhere the chunk's analysis leaves out the library calls that do the
   work, and they come from ``cpu_reference_flops_per_sample``
   (``flops_source="cpu_reference"``, or ``"unavailable"`` where that cannot
-  be compiled: then no FLOPs and no share of the peak).
+  be compiled: then no FLOPs and no share of the peak). So do they for a
+  case in micro-batches on the CPU too: XLA's analysis counts the parts'
+  scan body once, a part's FLOPs, and the reference computes the same step
+  at once.
   """
   result = chunk_analysis(sim, state, case.rounds)
-  if jax.default_backend() == "cpu":
+  if jax.default_backend() == "cpu" and case.micro_batches == 1:
     return {**result, "flops_source": "chunk"}
   flops = cpu_reference_flops_per_sample(case, data)
   return {**result, "flops_per_sample": flops,

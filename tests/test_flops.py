@@ -6,6 +6,8 @@ that reading: if the analysis began to multiply loop bodies by their trip
 counts, the per-sample figure would change with k under ``map`` and fail.
 """
 
+import dataclasses
+
 import pytest
 
 from eahes_jax import benchmarking
@@ -243,3 +245,18 @@ def test_the_environment_line_names_the_cpu_model():
   # Results written before the field existed still format.
   del env["processor"]
   assert "2 CPUs, jax 0" in benchmarking.format_environment(env)
+
+
+def test_micro_batched_rows_count_the_whole_step_not_one_part():
+  # XLA's analysis counts the parts' scan body once: the chunk's own figure
+  # is about one part's. The row takes the step's FLOPs computed at once.
+  data = tiny_mnist()
+  whole = benchmarking.measure_group([_case("mlp", 1, "map")], data)[0]
+  case = dataclasses.replace(_case("mlp", 1, "map"), micro_batches=4)
+  sim = simulator.Simulation(benchmarking.case_config(case), data)
+  own = benchmarking.chunk_analysis(sim, sim.init_state(), case.rounds)
+  row = benchmarking.measure_group([case], data)[0]
+  assert row["flops_source"] == "cpu_reference"
+  assert row["flops_per_sample"] == pytest.approx(whole["flops_per_sample"],
+                                                  rel=1e-6)
+  assert own["flops_per_sample"] < 0.5 * row["flops_per_sample"]
