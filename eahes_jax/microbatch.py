@@ -4,8 +4,8 @@ A local step's loss, gradient and Hutchinson estimate are means over its
 minibatch, so they can be computed on m equal parts of it in turn
 (``lax.scan``) and averaged: the same quantities, rounded differently. On a
 CPU this is faster where a whole minibatch's activations overflow the
-caches: `cnn` under ``conv_impl="winograd"`` at batch 64 ran its gradient
-and Hutchinson steps in two halves 12-20 % faster (README, Performance).
+caches: `cnn`'s worker-steps under ``conv_impl="winograd"`` at batch 64
+took 15-25 % less time in two halves of 32 (README, Performance).
 Hutchinson's probe z is one for the whole minibatch, so averaging the parts'
 z ⊙ H_j z gives z ⊙ H z of the minibatch's loss (docs/algorithms.md §1).
 """
@@ -80,9 +80,8 @@ def mean_over_micro_batches(fn: Callable[..., chex.ArrayTree],
     return jax.tree_util.tree_map(jnp.add, total, fn(part, *part_args)), None
 
   # One scan over all m parts, from zeros (0 + a is a, up to a zero's
-  # sign): one
-  # compiled copy of fn, whatever m, where peeling the first part off would
-  # compile the model twice.
+  # sign): one compiled copy of fn, whatever m, where peeling the first
+  # part off would compile the model twice.
   shapes = jax.eval_shape(
       fn, *jax.tree_util.tree_map(lambda a: a[0], (parts, *args)))
   zeros = jax.tree_util.tree_map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)

@@ -393,7 +393,11 @@ def make_local_steps(engine: Engine) -> Callable[..., Any]:
   not compute is skipped; under a ``vmap`` (of workers or seeds) JAX runs
   both branches and selects. Otherwise every step is computed and its
   result selected by ``t < num_steps``. Either way a step's result is the
-  step's or the carry's, bit for bit."""
+  step's or the carry's, bit for bit.
+
+  With ``micro_batches`` m > 1 a step's minibatch is computed in m equal
+  parts, one after another, with one Hutchinson probe and a dropout key per
+  part, and their terms averaged (``microbatch.mean_over_micro_batches``)."""
   cfg = engine.config
   model, optimizer = engine.model, engine.optimizer
   # Skipping a step pays only where steps can go uncomputed: with none

@@ -67,6 +67,9 @@ and for cnn, Winograd's 3 × 3 convolutions (no flag):
 
   python -m experiments.benchmark --peer=torch --models=cnn \
       --workers=1,8,32 --conv_impl=winograd --processes=3
+
+Either with --micro_batches=2 computes each minibatch in two halves, one
+after the other (README, "Micro-batches"): the fastest settings measured.
 """
 
 import json
