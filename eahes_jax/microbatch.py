@@ -62,9 +62,11 @@ def mean_over_micro_batches(fn: Callable[..., chex.ArrayTree],
       entry of ``args`` has no leading axis of length m (naming
       ``micro_batches`` or ``args``).
   """
-  sizes = {x.shape[0] for x in jax.tree_util.tree_leaves(batch)}
-  checks.require(len(sizes) == 1, "batch", "a pytree of arrays with one"
-                 " leading batch size", sorted(sizes))
+  sizes = {x.shape[0] if x.ndim else None
+           for x in jax.tree_util.tree_leaves(batch)}
+  checks.require(len(sizes) == 1 and None not in sizes, "batch",
+                 "a pytree of arrays with one leading batch size",
+                 sorted(sizes, key=str))
   m = check_micro_batches(micro_batches, sizes.pop())
   lengths = {x.shape[0] if x.ndim else None
              for x in jax.tree_util.tree_leaves(args)}

@@ -60,9 +60,9 @@ from eahes_jax import config as config_lib
 from eahes_jax import data as data_lib
 from eahes_jax import elastic
 from eahes_jax import experiment
+from eahes_jax import results_folder
 from eahes_jax import simulator
 from eahes_jax import weighting
-from eahes_jax import results_folder
 
 try:
   import ray  # pylint: disable=g-import-not-at-top
@@ -370,8 +370,12 @@ class Master:
     self._journal.start_segment(self.seq, keep_from=min(self._ckpt.rounds()))
 
   def _check_record(self, record: dict[str, Any] | None) -> None:
-    if record is None or config_lib.current_fields(
-        record.get("config") or {}) != _json(self.config.to_dict()):
+    # A field missing from the record (written before the field existed)
+    # counts as its default, as for a results folder's run record.
+    if record is None or not isinstance(record.get("config"), dict) or (
+        results_folder.differing_fields(
+            {**record, "data_source": None},
+            {"config": _json(self.config.to_dict()), "data_source": None})):
       raise config_lib.ConfigError(
           f"the master checkpoint in {self._ckpt.directory} is of another"
           " run's config", "checkpoint_every")

@@ -202,7 +202,8 @@ def test_benchmark_smoke_writes_positive_finite_rates(tmp_path, capsys):
   assert result["environment"]["backend"] == jax.default_backend()
   printed = capsys.readouterr().out
   assert "samples/s" in printed and "EAHES" in printed
-  assert "simulator conv_impl, seed_execution: -, map" in printed
+  assert ("simulator conv_impl, seed_execution, micro_batches: -, map, 1"
+          in printed)
 
 
 def test_step_cost_ratio_pairs_matching_rows():
@@ -215,13 +216,16 @@ def test_step_cost_ratio_pairs_matching_rows():
   rows = [row("EASGD", "map", 8, 1000.0, 1.0),
           row("EAHES", "map", 8, 400.0, 2.0),
           row("EAHES", "vmap", 8, 300.0, 2.0),   # no SGD partner
-          row("EASGD", "map", 4, 900.0, 1.0)]    # no AdaHessian partner
+          row("EASGD", "map", 4, 900.0, 1.0),    # no AdaHessian partner
+          # Another program: its partner is an SGD row in halves too.
+          {**row("EAHES", "map", 4, 100.0, 2.0), "micro_batches": 2}]
   ratios = benchmarking.add_step_cost_ratios(rows)
   assert len(ratios) == 1
   assert ratios[0]["ratio"] == pytest.approx(2.5)
   assert ratios[0]["cpu_ratio"] == pytest.approx(2.0)
   assert rows[1]["step_cost_ratio"] == pytest.approx(2.5)
   assert "step_cost_ratio" not in rows[2]
+  assert "step_cost_ratio" not in rows[4]
 
 
 def test_make_cases_groups_families_and_skips():

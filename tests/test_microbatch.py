@@ -108,8 +108,9 @@ def test_args_without_one_entry_per_part_are_refused_by_name():
   assert e.value.argument == "args"
 
 
-def test_a_batch_of_unequal_leading_sizes_is_refused_by_name():
+@pytest.mark.parametrize("batch", [(jnp.zeros(8), jnp.zeros(6)),
+                                   (jnp.zeros(8), jnp.float32(1.0)), ()])
+def test_a_batch_without_one_leading_size_is_refused_by_name(batch):
   with pytest.raises(checks.ArgumentError) as e:
-    microbatch.mean_over_micro_batches(
-        lambda b: b[0].mean(), (jnp.zeros(8), jnp.zeros(6)), 2)
+    microbatch.mean_over_micro_batches(lambda b: b[0].mean(), batch, 2)
   assert e.value.argument == "batch"

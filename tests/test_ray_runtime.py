@@ -315,3 +315,22 @@ def test_core_does_not_import_ray():
   code = ("import sys, eahes_jax, eahes_jax.simulator, eahes_jax.experiment;"
           " assert 'ray' not in sys.modules")
   subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO)
+
+
+def test_a_checkpoint_from_before_a_field_existed_is_of_the_same_run(
+    tmp_path):
+  # A master checkpoint's record written before a config field existed
+  # (micro_batches, say) stands for the run with that field's default, as a
+  # results folder's record does; a record of another config is refused.
+  data = data_lib.synthetic_mnist(256, 128, 0)
+  cfg = ray_runtime.check_config(_config(rounds=4))
+  master = ray_runtime.Master(cfg, data, checkpoint_dir=str(tmp_path / "c"),
+                              checkpoint_every=3)
+  stored = json.loads(json.dumps(cfg.to_dict()))
+  del stored["micro_batches"]
+  master._check_record({"config": stored})  # pylint: disable=protected-access
+  for changed in ({**stored, "lr": 0.5}, {**stored, "micro_batches": 2}):
+    with pytest.raises(config_lib.ConfigError):
+      master._check_record({"config": changed})  # pylint: disable=protected-access
+  with pytest.raises(config_lib.ConfigError):
+    master._check_record(None)  # pylint: disable=protected-access
