@@ -47,7 +47,8 @@ def mean_over_micro_batches(fn: Callable[..., chex.ArrayTree],
   computed at once.
 
   Args:
-    fn: ``fn(part, *args) -> pytree`` of floating-point arrays.
+    fn: ``fn(part, *args) -> pytree`` of floating-point arrays (summed in
+      their own dtypes).
     batch: pytree of arrays with one leading batch axis B, which m divides;
       part j holds the rows j·B/m, ..., (j + 1)·B/m - 1.
     micro_batches: m, an integer >= 1 dividing B.
@@ -58,9 +59,10 @@ def mean_over_micro_batches(fn: Callable[..., chex.ArrayTree],
     The mean of ``fn``'s outputs over the parts, a pytree like one output.
 
   Raises:
-    checks.ArgumentError: m is not an integer >= 1 dividing B, or an
-      entry of ``args`` has no leading axis of length m (naming
-      ``micro_batches`` or ``args``).
+    checks.ArgumentError: the leaves of ``batch`` have no one leading size
+      B, m is not an integer >= 1 dividing B, or an entry of ``args`` has
+      no leading axis of length m (naming ``batch``, ``micro_batches`` or
+      ``args``).
   """
   sizes = {x.shape[0] if x.ndim else None
            for x in jax.tree_util.tree_leaves(batch)}
