@@ -472,8 +472,8 @@ def test_each_micro_batch_draws_its_own_dropout_masks(data):
   # Every training row the same image: without dropout the minibatch's
   # size does not matter, so 8 rows in two parts take the step 4 rows take
   # at once. cnn has dropout: with a key per part the two halves' masks
-  # differ and the step moves away from that; with one key for both
-  # halves it would be the 4-row step again, exactly.
+  # differ and the step moves away from that; with the step's own key for
+  # both halves (the key it uses at once) it would be the 4-row step again.
   same = data._replace(
       train_images=np.repeat(data.train_images[:1], len(data.train_labels),
                              axis=0),
