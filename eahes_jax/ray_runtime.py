@@ -373,9 +373,8 @@ class Master:
     # A field missing from the record (written before the field existed)
     # counts as its default, as for a results folder's run record.
     if record is None or not isinstance(record.get("config"), dict) or (
-        results_folder.differing_fields(
-            {**record, "data_source": None},
-            {"config": _json(self.config.to_dict()), "data_source": None})):
+        results_folder.differing_config_fields(
+            record["config"], _json(self.config.to_dict()))):
       raise config_lib.ConfigError(
           f"the master checkpoint in {self._ckpt.directory} is of another"
           " run's config", "checkpoint_every")

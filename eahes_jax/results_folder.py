@@ -133,22 +133,29 @@ def run_record(config: config_lib.SimConfig, data_source: str
 
 
 def differing_fields(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-  """The fields in which two run records differ.
-
-  A field missing from ``old`` (a folder written before the field existed)
-  counts as its default, the value that run used; a field renamed since
-  counts under its current name (``config.current_fields``).
-  """
-  defaults = config_lib.SimConfig().to_dict()
-  stored = config_lib.current_fields(old["config"])
-  old_cfg = {**{k: defaults[k] for k in new["config"]
-                if k not in stored and k in defaults}, **stored}
-  new_cfg = new["config"]
-  fields = sorted(k for k in set(old_cfg) | set(new_cfg)
-                  if old_cfg.get(k) != new_cfg.get(k))
+  """The fields in which two run records differ: their configs'
+  (``differing_config_fields``, ``old`` being the stored one) and
+  ``data_source``."""
+  fields = differing_config_fields(old["config"], new["config"])
   if old.get("data_source") != new["data_source"]:
     fields.append("data_source")
   return fields
+
+
+def differing_config_fields(old: dict[str, Any],
+                            new: dict[str, Any]) -> list[str]:
+  """The fields in which a stored config dict differs from a current one.
+
+  A field missing from ``old`` (stored before the field existed) counts as
+  its default, the value that run used; a field renamed since counts under
+  its current name (``config.current_fields``).
+  """
+  defaults = config_lib.SimConfig().to_dict()
+  stored = config_lib.current_fields(old)
+  old_cfg = {**{k: defaults[k] for k in new
+                if k not in stored and k in defaults}, **stored}
+  return sorted(k for k in set(old_cfg) | set(new)
+                if old_cfg.get(k) != new.get(k))
 
 
 def is_run_record(x: Any) -> bool:
